@@ -1,0 +1,54 @@
+"""The FastAPI application: webhooks, review pages, JSON API, simulator. Built by create_app()."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from sqlalchemy.engine import Engine
+
+from bot.runtime import Runtime
+from models.db import make_engine
+from models.settings import Settings, get_settings
+from webhook import api, review, simulator, telegram_routes, zalo_routes
+
+
+def create_app(
+    settings: Settings | None = None, *, engine: Engine | None = None, background: bool = True
+) -> FastAPI:
+    """Build the app; `background=False` runs no workers (tests drive them explicitly)."""
+    settings = settings or get_settings()
+    engine = engine or make_engine(settings.db_url)
+    runtime = Runtime(settings=settings, engine=engine)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if background:
+            await runtime.start()
+        try:
+            yield
+        finally:
+            if background:
+                await runtime.stop()
+
+    app = FastAPI(title="hoctap", version="0.1.0", lifespan=lifespan, docs_url="/docs")
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.runtime = runtime
+
+    @app.get("/healthz", tags=["ops"])
+    def healthz() -> dict[str, object]:
+        return {
+            "ok": True,
+            "channels": {
+                "telegram": settings.telegram_enabled,
+                "zalo": settings.zalo_enabled,
+                "zalo_oa": settings.zalo_oa_enabled,
+                "web": True,
+            },
+        }
+
+    for module in (telegram_routes, zalo_routes, simulator, review, api):
+        app.include_router(module.router)
+    return app

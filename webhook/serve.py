@@ -1,0 +1,40 @@
+"""`hoctap serve`: migrate, seed the demo when nothing is configured, run uvicorn with everything in it."""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+
+from models import migrate
+from models.db import make_engine
+from models.settings import Settings
+
+log = logging.getLogger("hoctap")
+
+
+def serve(settings: Settings, *, host: str, port: int, demo: bool = True) -> int:
+    from webhook.app import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    engine = make_engine(settings.db_url)
+    migrate.upgrade(engine)
+    settings.media_path.mkdir(parents=True, exist_ok=True)
+    if demo and settings.demo:
+        try:
+            from webhook.demo import ensure_demo
+
+            ensure_demo(engine, settings)
+        except ImportError:
+            pass
+    base = f"http://{host}:{port}"
+    channels = {
+        "Telegram": settings.telegram_enabled,
+        "Zalo Bot": settings.zalo_enabled,
+        "Zalo OA": settings.zalo_oa_enabled,
+    }
+    print(f"hoctap: {base}/  (simulator {base}/simulator, review {base}/review, API docs {base}/docs)")
+    for name, on in channels.items():
+        print(f"  {name}: {'on' if on else 'off (no token)'}")
+    uvicorn.run(create_app(settings, engine=engine), host=host, port=port, log_level="info")
+    return 0
