@@ -5,13 +5,18 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from pathlib import Path
+
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 from sqlalchemy.engine import Engine
 
 from bot.runtime import Runtime
 from models.db import make_engine
 from models.settings import Settings, get_settings
 from webhook import api, review, simulator, telegram_routes, zalo_routes
+
+STATIC_DIR = Path(__file__).parent / "static"
 
 
 def create_app(
@@ -49,6 +54,7 @@ def create_app(
             },
         }
 
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     for module in (telegram_routes, zalo_routes, simulator, review, api):
         app.include_router(module.router)
     return app
