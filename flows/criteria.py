@@ -25,17 +25,56 @@ NOT_APPLICABLE = ("full",)
 STATES = ("ok", "missing", "invalid", "na")
 
 _SET_KEYS = frozenset(
-    {"schema", "title", "name", "subject", "version", "period", "status", "legal_basis", "sources",
-     "max_points", "pass", "criteria"}
+    {
+        "schema",
+        "title",
+        "name",
+        "subject",
+        "version",
+        "period",
+        "status",
+        "legal_basis",
+        "sources",
+        "max_points",
+        "pass",
+        "criteria",
+    }
 )
 _LOCAL_KEYS = frozenset(
-    {"schema", "extends", "name", "version", "period", "status", "legal_basis", "sources", "max_points",
-     "pass", "criteria", "remove"}
+    {
+        "schema",
+        "extends",
+        "name",
+        "version",
+        "period",
+        "status",
+        "legal_basis",
+        "sources",
+        "max_points",
+        "pass",
+        "criteria",
+        "remove",
+    }
 )
 _PASS_KEYS = frozenset({"min_points", "min_points_each", "mandatory", "status", "grades"})
 _CRITERION_KEYS = frozenset(
-    {"id", "group", "text", "question", "answer", "points", "tiers", "options", "min", "max",
-     "not_applicable", "evidence", "status", "source", "computed"}
+    {
+        "id",
+        "group",
+        "text",
+        "question",
+        "answer",
+        "points",
+        "tiers",
+        "options",
+        "min",
+        "max",
+        "not_applicable",
+        "evidence",
+        "status",
+        "source",
+        "computed",
+    }
 )
 # Scoring fields each answer type needs, and those it must not carry (a stray one is a typo).
 _SCORING_KEYS = {
@@ -179,7 +218,7 @@ def _read_yaml(path: Path) -> Any:
     try:
         return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
-        raise _error(str(path), f"YAML syntax error: {exc}".replace("\n", " ")) from exc
+        raise _error(str(path), f"not valid YAML: {exc}".replace("\n", " ")) from exc
 
 
 def _is_int(value: Any) -> bool:
@@ -194,7 +233,9 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, float) and math.isfinite(value)
 
 
-def _text(data: Mapping[str, Any], key: str, file: str, cid: str | None = None, *, scalar: bool = False) -> str:
+def _text(
+    data: Mapping[str, Any], key: str, file: str, cid: str | None = None, *, scalar: bool = False
+) -> str:
     if key not in data or data[key] is None:
         raise _error(file, f"missing field '{key}'", cid)
     value = data[key]
@@ -211,8 +252,14 @@ def _optional_text(data: Mapping[str, Any], key: str, file: str, cid: str | None
     return _text(data, key, file, cid)
 
 
-def _one_of(data: Mapping[str, Any], key: str, allowed: Sequence[str], file: str, cid: str | None = None,
-            default: str | None = None) -> str:
+def _one_of(
+    data: Mapping[str, Any],
+    key: str,
+    allowed: Sequence[str],
+    file: str,
+    cid: str | None = None,
+    default: str | None = None,
+) -> str:
     if key not in data and default is not None:
         return default
     value = _text(data, key, file, cid)
@@ -233,8 +280,9 @@ def _number(value: Any, what: str, file: str, cid: str | None = None) -> float:
     return value  # type: ignore[no-any-return]
 
 
-def _check_keys(data: Mapping[str, Any], allowed: frozenset[str], what: str, file: str,
-                cid: str | None = None) -> None:
+def _check_keys(
+    data: Mapping[str, Any], allowed: frozenset[str], what: str, file: str, cid: str | None = None
+) -> None:
     unknown = sorted(str(k) for k in data if k not in allowed)
     if unknown:
         raise _error(file, f"unknown field(s) in {what}: {', '.join(unknown)}", cid)
@@ -247,7 +295,11 @@ def _parse_tiers(raw: Any, file: str, cid: str) -> tuple[Tier, ...]:
     for item in raw:
         if not isinstance(item, dict) or set(item) != {"min", "points"}:
             raise _error(file, f"each tier must be {{min, points}}, not {item!r}", cid)
-        tiers.append(Tier(_number(item["min"], "tier min", file, cid), _points(item["points"], "tier points", file, cid)))
+        tiers.append(
+            Tier(
+                _number(item["min"], "tier min", file, cid), _points(item["points"], "tier points", file, cid)
+            )
+        )
     for higher, lower in zip(tiers, tiers[1:], strict=False):
         if not lower.min < higher.min:
             raise _error(file, "tiers must be ordered from the highest min to the lowest", cid)
@@ -268,7 +320,11 @@ def _parse_options(raw: Any, file: str, cid: str) -> tuple[Option, ...]:
             raise _error(file, f"option value {NA!r} is reserved for 'not applicable'", cid)
         if any(o.value == value for o in options):
             raise _error(file, f"option value {value!r} is given twice", cid)
-        options.append(Option(value, _text(item, "label", file, cid), _points(item["points"], "option points", file, cid)))
+        options.append(
+            Option(
+                value, _text(item, "label", file, cid), _points(item["points"], "option points", file, cid)
+            )
+        )
     return tuple(options)
 
 
@@ -380,7 +436,9 @@ def _text_list(data: Mapping[str, Any], key: str, file: str) -> tuple[str, ...]:
 
 def _sources(data: Mapping[str, Any], file: str) -> dict[str, str]:
     value = data.get("sources") or {}
-    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
         raise _error(file, "'sources' must map source ids to addresses")
     return dict(value)
 
@@ -394,7 +452,8 @@ def _check_set(cset: CriteriaSet, file: str) -> None:
         each = cset.pass_rule.min_points_each
         if each is not None and criterion.max_points < each:
             raise _error(
-                file, f"can earn at most {criterion.max_points} points, below pass.min_points_each {each:g}",
+                file,
+                f"can earn at most {criterion.max_points} points, below pass.min_points_each {each:g}",
                 criterion.id,
             )
     for mid in cset.pass_rule.mandatory:
@@ -404,7 +463,9 @@ def _check_set(cset: CriteriaSet, file: str) -> None:
     if total != cset.max_points:
         raise _error(file, f"max_points is {cset.max_points} but the criteria add up to {total}")
     if cset.pass_rule.min_points > cset.max_points:
-        raise _error(file, f"pass.min_points {cset.pass_rule.min_points:g} is above max_points {cset.max_points}")
+        raise _error(
+            file, f"pass.min_points {cset.pass_rule.min_points:g} is above max_points {cset.max_points}"
+        )
 
 
 def _parse_set(data: Any, file: str) -> CriteriaSet:
@@ -480,7 +541,9 @@ def merge_local(base: CriteriaSet, path: Path) -> CriteriaSet:
         status=_one_of(data, "status", STATUSES, file) if "status" in data else base.status,
         legal_basis=base.legal_basis + _text_list(data, "legal_basis", file),
         sources={**base.sources, **_sources(data, file)},
-        max_points=_points(data["max_points"], "max_points", file, None) if "max_points" in data else base.max_points,
+        max_points=_points(data["max_points"], "max_points", file, None)
+        if "max_points" in data
+        else base.max_points,
         pass_rule=pass_rule,
         criteria=tuple(criteria),
         origin=(*base.origin, file),
@@ -500,7 +563,9 @@ def load_sets(directory: Path | None = None, *, local: Sequence[str] = ()) -> di
     for path in sorted(directory.glob("*.yaml")):
         cset = load_file(path)
         if cset.title in sets:
-            raise _error(str(path), f"title {cset.title!r} is already defined in {sets[cset.title].origin[0]}")
+            raise _error(
+                str(path), f"title {cset.title!r} is already defined in {sets[cset.title].origin[0]}"
+            )
         sets[cset.title] = cset
     for code in local:
         folder = directory / "local" / code
@@ -551,8 +616,14 @@ class ScoreResult:
             "passed": self.passed,
             "grade": self.grade,
             "criteria": [
-                {"id": c.id, "points": _json_number(c.points), "max": c.max, "met": c.met, "state": c.state,
-                 "reason": c.reason}
+                {
+                    "id": c.id,
+                    "points": _json_number(c.points),
+                    "max": c.max,
+                    "met": c.met,
+                    "state": c.state,
+                    "reason": c.reason,
+                }
                 for c in self.criteria
             ],
             "reasons": list(self.failed_reasons),
@@ -601,7 +672,9 @@ def _earned(criterion: Criterion, value: Any) -> int:
     return _tier_points(criterion.tiers, value)
 
 
-def score_criterion(criterion: Criterion, value: Any, *, present: bool = True, mandatory: bool = False) -> CriterionScore:
+def score_criterion(
+    criterion: Criterion, value: Any, *, present: bool = True, mandatory: bool = False
+) -> CriterionScore:
     """The score of one answer; ``present=False`` (or a None value) means unanswered."""
     top = criterion.max_points
 
@@ -623,7 +696,9 @@ def score_criterion(criterion: Criterion, value: Any, *, present: bool = True, m
     return result(_earned(criterion, value), "ok")
 
 
-def score(cset: CriteriaSet, answers: Mapping[str, Any], computed: Mapping[str, Any] | None = None) -> ScoreResult:
+def score(
+    cset: CriteriaSet, answers: Mapping[str, Any], computed: Mapping[str, Any] | None = None
+) -> ScoreResult:
     """Score ``answers`` ({criterion id: value}) against ``cset``; never raises for odd values.
 
     A criterion with ``computed: key`` takes its value from ``computed[key]`` (a share, or "na" where
@@ -645,14 +720,23 @@ def score(cset: CriteriaSet, answers: Mapping[str, Any], computed: Mapping[str, 
     reasons: list[str] = []
     if total < rule.min_points:
         reasons.append(
-            t("criteria.total_short", total=format_number(total), max=format_number(cset.max_points),
-              need=format_number(rule.min_points))
+            t(
+                "criteria.total_short",
+                total=format_number(total),
+                max=format_number(cset.max_points),
+                need=format_number(rule.min_points),
+            )
         )
     by_id = {s.id: s for s in scores}
     reasons.extend(t("criteria.mandatory_unmet", id=mid) for mid in rule.mandatory if not by_id[mid].met)
     if rule.min_points_each is not None:
         reasons.extend(
-            t("criteria.below_each", id=s.id, points=format_number(s.points), need=format_number(rule.min_points_each))
+            t(
+                "criteria.below_each",
+                id=s.id,
+                points=format_number(s.points),
+                need=format_number(rule.min_points_each),
+            )
             for s in scores
             if s.points < rule.min_points_each
         )
