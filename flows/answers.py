@@ -32,6 +32,9 @@ _NUMBER_WORDS = {
 }
 
 
+_UNITS = {"buoi", "nguoi", "lan", "khoa", "lop", "ho", "nam", "cuon", "cai", "dot"}
+
+
 def parse_yes_no(text: str) -> bool | str | None:
     """True, False, "na" (không áp dụng) or None when it is not a yes/no answer."""
     f = fold(text)
@@ -47,11 +50,11 @@ def parse_yes_no(text: str) -> bool | str | None:
 def parse_int(text: str) -> int | None:
     """An integer from "12", "1.000", "1 000", "12 buổi", "ba", "mười hai"; None if there is none."""
     f = fold(text)
-    if f in _NUMBER_WORDS:
-        return _NUMBER_WORDS[f]
-    first = f.split(" ")[0] if f else ""
-    if first in _NUMBER_WORDS and not any(ch.isdigit() for ch in f):
-        return _NUMBER_WORDS[first]
+    words = f.split(" ")
+    while len(words) > 1 and words[-1] in _UNITS:
+        words.pop()
+    if " ".join(words) in _NUMBER_WORDS:
+        return _NUMBER_WORDS[" ".join(words)]
     match = re.match(r"^\s*(\d{1,3}(?:[.,\s]\d{3})+|\d+)(?:\s|$|[a-z%])", f + " ")
     if not match:
         return None

@@ -1,0 +1,349 @@
+"""The unit of work for one inbound event: flows in, rows out, in the caller's single transaction.
+
+    load identity + conversation → DbView → flows.engine.handle → apply effects → save state → outbox rows
+
+Nothing here commits: the caller commits once, so state, effects and outbox rows land together (or not at
+all). With ``idempotency_base`` (e.g. "telegram:update:123456"), a redelivered update writes nothing twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from datetime import datetime
+from typing import Any
+
+from sqlmodel import Session, col, select
+from vietnam_provinces import Province as VnProvince
+from vietnam_provinces import Ward
+
+from bot import media
+from bot.view_db import DbView
+from flows import effects as fx
+from flows.effects import Subject
+from flows.engine import handle
+from flows.types import ConversationState, Event, Say
+from models.tables import (
+    Assessment,
+    AuditLog,
+    ChatIdentity,
+    Clan,
+    ClanMember,
+    Commune,
+    Conversation,
+    Evidence,
+    Household,
+    OutboxMessage,
+    Person,
+    Province,
+    Registration,
+    RoleGrant,
+    Unit,
+    Village,
+)
+
+log = logging.getLogger(__name__)
+
+PRIORITY_REPLY = 0  # a reply in a conversation goes before bulk reminders (priority 10)
+PROCESSED = "flow.processed"
+
+
+def process_event(session: Session, *, channel: str, chat_id: str, event: Event, now: datetime,
+                  settings: Any = None, idempotency_base: str | None = None, user_id: str | None = None,
+                  display_name: str = "") -> list[Say]:
+    """Run one event through the flows and stage every change in ``session``; returns the replies."""
+    if idempotency_base is not None and _already_processed(session, idempotency_base):
+        return []
+    identity = _identity(session, channel=channel, user_id=user_id or chat_id, chat_id=chat_id,
+                         display_name=display_name)
+    conversation = session.exec(select(Conversation).where(Conversation.identity_id == identity.id)).first()
+    if conversation is None:
+        conversation = Conversation(identity_id=identity.id or 0, state={})
+        session.add(conversation)
+    state = ConversationState.from_json(conversation.state)
+    view = DbView(session, identity, settings)
+    step = handle(state, event, view, now)
+
+    applier = _Applier(session, identity, now, settings)
+    base = idempotency_base or f"{channel}:{chat_id}:{secrets.token_hex(8)}"
+    for effect in step.effects:
+        applier.apply(effect)
+    conversation.state = step.state.to_json()
+    conversation.updated_at = now
+    session.add(conversation)
+
+    person_id = identity.person_id
+    for n, say in enumerate(step.outputs):
+        _enqueue(session, key=f"{base}:{n}", channel=channel, chat_id=identity.chat_id, person_id=person_id,
+                 say=say, now=now)
+    for n, (target, say) in enumerate(applier.notifications):
+        for other in session.exec(select(ChatIdentity).where(ChatIdentity.person_id == target)).all():
+            _enqueue(session, key=f"{base}:notify:{n}:{other.id}", channel=other.channel, chat_id=other.chat_id,
+                     person_id=target, say=say, now=now)
+    session.add(AuditLog(at=now, actor=f"chat:{channel}", action=PROCESSED, target=base,
+                         detail={"step": step.state.step, "effects": [type(e).__name__ for e in step.effects]}))
+    session.flush()
+    return list(step.outputs)
+
+
+def _already_processed(session: Session, base: str) -> bool:
+    row = session.exec(select(AuditLog.id).where(AuditLog.action == PROCESSED, AuditLog.target == base)).first()
+    return row is not None
+
+
+def _identity(session: Session, *, channel: str, user_id: str, chat_id: str, display_name: str) -> ChatIdentity:
+    identity = session.exec(
+        select(ChatIdentity).where(ChatIdentity.channel == channel, ChatIdentity.user_id == user_id)
+    ).first()
+    if identity is None:
+        identity = ChatIdentity(channel=channel, user_id=user_id, chat_id=chat_id, display_name=display_name[:100])
+        session.add(identity)
+        session.flush()
+    elif identity.chat_id != chat_id:
+        identity.chat_id = chat_id
+        session.add(identity)
+    return identity
+
+
+def _enqueue(session: Session, *, key: str, channel: str, chat_id: str, person_id: int | None, say: Say,
+             now: datetime) -> None:
+    if session.exec(select(OutboxMessage.id).where(OutboxMessage.idempotency_key == key)).first() is not None:
+        return
+    session.add(OutboxMessage(idempotency_key=key, channel=channel, chat_id=chat_id, person_id=person_id,
+                              payload=say.to_json(), priority=PRIORITY_REPLY, not_before=now, created_at=now))
+
+
+def ensure_commune(session: Session, code: int) -> Commune:
+    """The Commune row (and its Province) for an official code, created from vietnam-provinces if missing."""
+    commune = session.get(Commune, code)
+    if commune is not None:
+        return commune
+    ward = next((w for w in Ward.iter_all() if int(w.code) == code), None)
+    if ward is None:
+        raise ValueError(f"unknown commune code {code}")
+    pcode = int(ward.province_code)
+    if session.get(Province, pcode) is None:
+        province = next(p for p in VnProvince.iter_all() if int(p.code) == pcode)
+        session.add(Province(code=pcode, name=province.name))
+        session.flush()
+    commune = Commune(code=code, name=ward.name, province_code=pcode)
+    session.add(commune)
+    session.flush()
+    return commune
+
+
+class _Applier:
+    """Turns effects into rows. Remembers rows created earlier in the same step (person, village)."""
+
+    def __init__(self, session: Session, identity: ChatIdentity, now: datetime, settings: Any = None) -> None:
+        self.settings = settings
+        self.session = session
+        self.identity = identity
+        self.now = now
+        self.proposed_village: Village | None = None
+        self.notifications: list[tuple[int, Say]] = []
+
+    @property
+    def person_id(self) -> int | None:
+        return self.identity.person_id
+
+    def audit(self, action: str, target: str = "", **detail: Any) -> None:
+        self.session.add(AuditLog(at=self.now, actor=f"person:{self.person_id}" if self.person_id else "chat",
+                                  action=action, target=target, detail=detail))
+
+    def apply(self, effect: fx.Effect) -> None:
+        method = getattr(self, f"_{type(effect).__name__}")
+        method(effect)
+
+    # ---------------------------------------------------------------- people
+    def _ProposeVillage(self, e: fx.ProposeVillage) -> None:
+        ensure_commune(self.session, e.commune_code)
+        village = Village(commune_code=e.commune_code, name=e.name, invite_code=secrets.token_hex(4),
+                          status="pending", proposed_by=self.person_id)
+        self.session.add(village)
+        self.session.flush()
+        self.proposed_village = village
+        self.audit("village.proposed", f"village:{village.id}", name=e.name)
+
+    def _RegisterPerson(self, e: fx.RegisterPerson) -> None:
+        ensure_commune(self.session, e.commune_code)
+        village_id = e.village_id
+        if village_id is None and self.proposed_village is not None:
+            village_id = self.proposed_village.id
+        person = Person(name=e.name, phone=e.phone, commune_code=e.commune_code, village_id=village_id,
+                        consent_at=e.consent_at)
+        self.session.add(person)
+        self.session.flush()
+        self.identity.person_id = person.id
+        self.session.add(self.identity)
+        if self.proposed_village is not None:
+            self.proposed_village.proposed_by = person.id
+            self.session.add(self.proposed_village)
+        self.audit("person.registered", f"person:{person.id}", role=e.role, consent_at=e.consent_at.isoformat())
+
+    def _role(self, role: str, status: str, commune_code: int, village_id: int | None) -> None:
+        if self.person_id is None:
+            return
+        if village_id is None and self.proposed_village is not None and role == "village_leader":
+            village_id = self.proposed_village.id
+        exists = self.session.exec(
+            select(RoleGrant).where(RoleGrant.person_id == self.person_id, RoleGrant.role == role,
+                                    RoleGrant.status != "revoked")
+        ).first()
+        if exists is None:
+            self.session.add(RoleGrant(person_id=self.person_id, role=role, status=status, commune_code=commune_code,
+                                       village_id=village_id, created_at=self.now,
+                                       decided_at=self.now if status == "granted" else None))
+
+    def _GrantRole(self, e: fx.GrantRole) -> None:
+        self._role(e.role, "granted", e.commune_code, e.village_id)
+
+    def _RequestRole(self, e: fx.RequestRole) -> None:
+        self._role(e.role, "pending", e.commune_code, e.village_id)
+        self.audit("role.requested", f"person:{self.person_id}", role=e.role)
+
+    def _CreateHousehold(self, e: fx.CreateHousehold) -> None:
+        ensure_commune(self.session, e.commune_code)
+        village_id = e.village_id
+        if village_id is None and self.proposed_village is not None:
+            village_id = self.proposed_village.id
+        household = Household(commune_code=e.commune_code, village_id=village_id,
+                              head_person_id=self.person_id if e.head_is_me else None, head_name=e.head_name,
+                              members=e.members, phone=e.phone, has_phone=e.has_phone)
+        self.session.add(household)
+        self.session.flush()
+        if not e.head_is_me:
+            self.audit("household.added_by_leader", f"household:{household.id}")
+
+    # ---------------------------------------------------------------- subjects
+    def _subject_place(self, subject: Subject) -> tuple[int, int | None]:
+        """(commune code, village id) of a subject."""
+        if subject.kind == "household":
+            h = self.session.get(Household, subject.id)
+            if h is not None:
+                return h.commune_code, h.village_id
+        elif subject.kind == "clan":
+            c = self.session.get(Clan, subject.id)
+            if c is not None:
+                return c.commune_code, None
+        elif subject.kind == "village":
+            v = self.session.get(Village, subject.id)
+            if v is not None:
+                return v.commune_code, v.id
+        elif subject.kind == "unit":
+            u = self.session.get(Unit, subject.id)
+            if u is not None:
+                return u.commune_code, None
+        elif subject.kind == "person":
+            p = self.session.get(Person, subject.id)
+            if p is not None and p.commune_code is not None:
+                return p.commune_code, p.village_id
+        raise ValueError(f"unknown subject {subject.key()}")
+
+    def _RegisterTitle(self, e: fx.RegisterTitle) -> None:
+        commune_code, _ = self._subject_place(e.subject)
+        row = self.session.exec(
+            select(Registration).where(Registration.subject_type == e.subject.kind, Registration.subject_id == e.subject.id,
+                                       Registration.title == e.title, Registration.year == e.year)
+            .order_by(col(Registration.id).desc())
+        ).first()
+        if row is not None and row.status == "registered":
+            return
+        if row is not None:
+            row.status, row.cancelled_at = "registered", None
+        else:
+            row = Registration(commune_code=commune_code, subject_type=e.subject.kind, subject_id=e.subject.id,
+                               title=e.title, year=e.year, registered_by=self.person_id, created_at=self.now)
+        self.session.add(row)
+
+    def _CancelRegistration(self, e: fx.CancelRegistration) -> None:
+        rows = self.session.exec(
+            select(Registration).where(Registration.subject_type == e.subject.kind, Registration.subject_id == e.subject.id,
+                                       Registration.title == e.title, Registration.year == e.year,
+                                       Registration.status == "registered")
+        ).all()
+        for row in rows:
+            row.status, row.cancelled_at = "cancelled", self.now
+            self.session.add(row)
+
+    def _assessment(self, subject: Subject, title: str, year: int) -> Assessment:
+        row = self.session.exec(
+            select(Assessment).where(Assessment.subject_type == subject.kind, Assessment.subject_id == subject.id,
+                                     Assessment.title == title, Assessment.year == year)
+        ).first()
+        if row is None:
+            commune_code, village_id = self._subject_place(subject)
+            row = Assessment(commune_code=commune_code, village_id=village_id, subject_type=subject.kind,
+                             subject_id=subject.id, title=title, year=year, answers={}, created_at=self.now,
+                             updated_at=self.now)
+            self.session.add(row)
+            self.session.flush()
+        return row
+
+    def _SaveAnswer(self, e: fx.SaveAnswer) -> None:
+        row = self._assessment(e.subject, e.title, e.year)
+        if row.status in ("in_review", "recognised", "rejected"):
+            log.warning("answer to a locked assessment %s ignored", row.id)
+            return
+        row.answers = {**(row.answers or {}), e.criterion: e.value}  # a new dict: JSON columns track assignment
+        row.answered_by = self.person_id
+        row.updated_at = self.now
+        if e.proxy_by is not None:
+            row.proxy, row.proxy_by = True, e.proxy_by
+        self.session.add(row)
+
+    def _AttachEvidence(self, e: fx.AttachEvidence) -> None:
+        row = self._assessment(e.subject, e.title, e.year)
+        exists = self.session.exec(
+            select(Evidence.id).where(Evidence.assessment_id == row.id, Evidence.criterion == e.criterion,
+                                      Evidence.sha256 == e.sha256)
+        ).first()
+        if exists is None:
+            path = thumb = ""
+            media_dir = getattr(self.settings, "media_path", None)
+            if media_dir is not None:  # where bot/media.py stored the file when the channel received it
+                path = media.photo_path(media_dir, e.sha256) or ""
+                thumb = media.thumb_path(e.sha256) if path else ""
+            self.session.add(Evidence(assessment_id=row.id or 0, criterion=e.criterion, sha256=e.sha256,
+                                      path=path, thumb_path=thumb, width=e.width, height=e.height,
+                                      taken_at=e.taken_at, sent_by=self.person_id, created_at=self.now))
+
+    def _SubmitAssessment(self, e: fx.SubmitAssessment) -> None:
+        row = self._assessment(e.subject, e.title, e.year)
+        if row.status in ("in_review", "recognised", "rejected"):
+            return
+        row.status, row.total, row.passed = "submitted", e.total, e.passed
+        row.submitted_at = row.updated_at = self.now
+        if e.proxy_by is not None:
+            row.proxy, row.proxy_by = True, e.proxy_by
+        self.session.add(row)
+        self.audit("assessment.submitted", f"assessment:{row.id}", total=e.total, proxy_by=e.proxy_by)
+
+    def _ConfirmSubmission(self, e: fx.ConfirmSubmission) -> None:
+        row = self._assessment(Subject("household", e.household_id), e.title, e.year)
+        row.status, row.confirmed_by, row.confirmed_at = "confirmed", self.person_id, self.now
+        self.session.add(row)
+        self.audit("assessment.confirmed", f"assessment:{row.id}")
+
+    def _QuestionSubmission(self, e: fx.QuestionSubmission) -> None:
+        row = self._assessment(Subject("household", e.household_id), e.title, e.year)
+        row.status = "questioned"
+        self.session.add(row)
+        self.audit("assessment.questioned", f"assessment:{row.id}", note=e.note)
+
+    def _NotifyPerson(self, e: fx.NotifyPerson) -> None:
+        self.notifications.append((e.person_id, e.say))
+
+    def _CreateClan(self, e: fx.CreateClan) -> None:
+        ensure_commune(self.session, e.commune_code)
+        clan = Clan(commune_code=e.commune_code, name=e.name, head_person_id=self.person_id, created_at=self.now)
+        self.session.add(clan)
+        self.session.flush()
+        self.audit("clan.created", f"clan:{clan.id}", name=e.name)
+
+    def _AddClanMember(self, e: fx.AddClanMember) -> None:
+        exists = self.session.exec(
+            select(ClanMember.id).where(ClanMember.clan_id == e.clan_id, ClanMember.household_id == e.household_id)
+        ).first()
+        if exists is None:
+            self.session.add(ClanMember(clan_id=e.clan_id, household_id=e.household_id, created_at=self.now))

@@ -1,0 +1,266 @@
+"""The database-backed flows.view.View: read-only queries for one chat identity."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from functools import lru_cache
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlmodel import Session, col, func, select
+
+from flows.answers import fold
+from flows.criteria import CriteriaSet, load_sets
+from flows.effects import Subject
+from flows.view import AssessmentInfo, ClanInfo, HouseholdInfo, PersonInfo, Role, TitleFigures, VillageInfo
+from models.tables import (
+    Assessment,
+    ChatIdentity,
+    Clan,
+    ClanMember,
+    Commune,
+    Evidence,
+    Household,
+    Person,
+    Registration,
+    ReviewDecision,
+    RoleGrant,
+    Village,
+)
+
+DEFAULT_TZ = "Asia/Ho_Chi_Minh"
+SUBMITTED = ("submitted", "confirmed", "questioned", "in_review", "returned", "recognised", "rejected")
+SUBJECT_OF_TITLE = {"gia_dinh": "household", "dong_ho": "clan", "cong_dong": "village", "don_vi": "unit",
+                    "cong_dan": "person"}
+
+
+@lru_cache(maxsize=64)
+def _criteria(local: tuple[str, ...]) -> dict[str, CriteriaSet]:
+    return load_sets(local=local)
+
+
+class DbView:
+    """What the flows may read, for the person behind ``identity`` (which may have no person yet)."""
+
+    def __init__(self, session: Session, identity: ChatIdentity, settings: Any = None) -> None:
+        self.session = session
+        self.identity = identity
+        self.settings = settings
+        self._me: PersonInfo | None = None
+
+    # ------------------------------------------------------------------ people
+    def person(self) -> Person | None:
+        if self.identity.person_id is None:
+            return None
+        return self.session.get(Person, self.identity.person_id)
+
+    def me(self) -> PersonInfo | None:
+        person = self.person()
+        if person is None or person.id is None:
+            return None
+        grants = self.session.exec(
+            select(RoleGrant).where(RoleGrant.person_id == person.id, RoleGrant.status != "revoked")
+        ).all()
+        roles = tuple(Role(g.role, g.status, g.commune_code, g.village_id) for g in grants)
+        household = self.session.exec(
+            select(Household.id).where(Household.head_person_id == person.id).order_by(col(Household.id))
+        ).first()
+        clan = self.session.exec(
+            select(Clan.id).where(Clan.head_person_id == person.id).order_by(col(Clan.id))
+        ).first()
+        return PersonInfo(person.id, person.name, person.phone, person.commune_code, person.village_id, roles,
+                          household, clan)
+
+    def campaign_year(self, now: datetime) -> int:
+        tz = getattr(self.settings, "timezone", None) or DEFAULT_TZ
+        return now.astimezone(ZoneInfo(tz)).year
+
+    def criteria(self, title: str) -> CriteriaSet:
+        person = self.person()
+        local: tuple[str, ...] = ()
+        if person is not None and person.commune_code is not None:
+            commune = self.session.get(Commune, person.commune_code)
+            if commune is not None:
+                local = (str(commune.province_code), f"{commune.province_code}/{commune.code}")
+        return _criteria(local)[title]
+
+    def served(self) -> tuple[int, ...]:
+        if self.settings is not None and hasattr(self.settings, "served_codes"):
+            codes = tuple(self.settings.served_codes())
+            if codes:
+                return codes
+        return tuple(self.session.exec(select(Commune.code).where(Commune.is_demo == False)).all())  # noqa: E712
+
+    # ------------------------------------------------------------------ villages
+    @staticmethod
+    def _village(v: Village) -> VillageInfo:
+        return VillageInfo(v.id or 0, v.name, v.commune_code, v.invite_code, v.status)
+
+    def villages(self, commune_code: int) -> list[VillageInfo]:
+        rows = self.session.exec(
+            select(Village).where(Village.commune_code == commune_code, col(Village.status).in_(("active", "pending")))
+            .order_by(col(Village.name))
+        ).all()
+        return [self._village(v) for v in rows]
+
+    def village(self, village_id: int) -> VillageInfo | None:
+        v = self.session.get(Village, village_id)
+        return self._village(v) if v else None
+
+    def village_by_code(self, invite_code: str) -> VillageInfo | None:
+        code = invite_code.strip().lower()
+        candidates = {code, code.removeprefix("v_"), f"v_{code.removeprefix('v_')}"}
+        v = self.session.exec(select(Village).where(func.lower(Village.invite_code).in_(candidates))).first()
+        return self._village(v) if v else None
+
+    # ------------------------------------------------------------------ the yearly cycle
+    def registrations(self, subject: Subject, year: int) -> list[str]:
+        rows = self.session.exec(
+            select(Registration.title).where(
+                Registration.subject_type == subject.kind, Registration.subject_id == subject.id,
+                Registration.year == year, Registration.status == "registered",
+            )
+        ).all()
+        return sorted(set(rows))
+
+    def registration_deadline(self, commune_code: int, year: int) -> date:
+        from models.tables import CampaignYear
+
+        row = self.session.exec(
+            select(CampaignYear).where(CampaignYear.commune_code == commune_code, CampaignYear.year == year)
+        ).first()
+        if row is not None and row.registration_deadline is not None:
+            tz = ZoneInfo(getattr(self.settings, "timezone", None) or DEFAULT_TZ)
+            deadline = row.registration_deadline
+            return deadline.astimezone(tz).date() if deadline.tzinfo else deadline.date()
+        return date(year, 3, 31)
+
+    def _assessment_row(self, subject: Subject, title: str, year: int) -> Assessment | None:
+        return self.session.exec(
+            select(Assessment).where(
+                Assessment.subject_type == subject.kind, Assessment.subject_id == subject.id,
+                Assessment.title == title, Assessment.year == year,
+            )
+        ).first()
+
+    def assessment(self, subject: Subject, title: str, year: int) -> AssessmentInfo:
+        row = self._assessment_row(subject, title, year)
+        if row is None:
+            return AssessmentInfo()
+        counts: dict[str, int] = {}
+        for criterion in self.session.exec(select(Evidence.criterion).where(Evidence.assessment_id == row.id)).all():
+            counts[criterion] = counts.get(criterion, 0) + 1
+        note = ""
+        if row.status == "returned":
+            decision = self.session.exec(
+                select(ReviewDecision).where(ReviewDecision.assessment_id == row.id, ReviewDecision.decision == "return")
+                .order_by(col(ReviewDecision.id).desc())
+            ).first()
+            note = decision.reason if decision else ""
+        return AssessmentInfo(row.status, dict(row.answers or {}), counts, note, row.total, row.proxy)
+
+    def _recognised_share(self, household_ids: list[int], year: int) -> float | None:
+        if not household_ids:
+            return None
+        recognised = self.session.exec(
+            select(func.count()).select_from(Assessment).where(
+                Assessment.subject_type == "household", col(Assessment.subject_id).in_(household_ids),
+                Assessment.title == "gia_dinh", Assessment.year == year, Assessment.status == "recognised",
+            )
+        ).one()
+        return round(100.0 * recognised / len(household_ids), 1)
+
+    def computed(self, subject: Subject, title: str, year: int) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        if subject.kind == "clan":
+            members = list(self.session.exec(select(ClanMember.household_id).where(ClanMember.clan_id == subject.id)).all())
+            share = self._recognised_share(members, year)
+            if share is not None:
+                values["member_households_recognised"] = share
+        elif subject.kind == "village":
+            households = list(self.session.exec(select(Household.id).where(Household.village_id == subject.id)).all())
+            share = self._recognised_share([h for h in households if h is not None], year)
+            if share is not None:
+                values["village_households_recognised"] = share
+            clan_ids = sorted(set(self.session.exec(
+                select(ClanMember.clan_id).join(Household, col(Household.id) == ClanMember.household_id)
+                .where(Household.village_id == subject.id)
+            ).all()))
+            if not clan_ids:
+                values["village_clans_recognised"] = "na"
+            else:
+                recognised = self.session.exec(
+                    select(func.count()).select_from(Assessment).where(
+                        Assessment.subject_type == "clan", col(Assessment.subject_id).in_(clan_ids),
+                        Assessment.title == "dong_ho", Assessment.year == year, Assessment.status == "recognised",
+                    )
+                ).one()
+                values["village_clans_recognised"] = round(100.0 * recognised / len(clan_ids), 1)
+        return values
+
+    # ------------------------------------------------------------------ households and clans
+    def _household(self, h: Household, year: int) -> HouseholdInfo:
+        a = self._assessment_row(Subject("household", h.id or 0), "gia_dinh", year)
+        village = self.session.get(Village, h.village_id) if h.village_id else None
+        return HouseholdInfo(h.id or 0, h.head_name, h.village_id, h.commune_code, h.head_person_id, h.has_phone,
+                             village.name if village else "", a.status if a else "none", a.total if a else None)
+
+    def household(self, household_id: int, year: int) -> HouseholdInfo | None:
+        h = self.session.get(Household, household_id)
+        return self._household(h, year) if h else None
+
+    def village_households(self, village_id: int, year: int) -> list[HouseholdInfo]:
+        rows = self.session.exec(select(Household).where(Household.village_id == village_id).order_by(col(Household.id))).all()
+        return [self._household(h, year) for h in rows]
+
+    def search_households(self, commune_code: int, query: str, year: int) -> list[HouseholdInfo]:
+        q = fold(query)
+        rows = self.session.exec(select(Household).where(Household.commune_code == commune_code).order_by(col(Household.id))).all()
+        return [self._household(h, year) for h in rows if q and q in fold(h.head_name)][:20]
+
+    def clan(self, clan_id: int, year: int) -> ClanInfo | None:
+        c = self.session.get(Clan, clan_id)
+        if c is None:
+            return None
+        rows = self.session.exec(
+            select(Household).join(ClanMember, col(ClanMember.household_id) == Household.id)
+            .where(ClanMember.clan_id == clan_id).order_by(col(Household.id))
+        ).all()
+        return ClanInfo(c.id or 0, c.name, c.commune_code, tuple(self._household(h, year) for h in rows))
+
+    # ------------------------------------------------------------------ officers
+    def commune_figures(self, commune_code: int, year: int) -> list[TitleFigures]:
+        commune = self.session.get(Commune, commune_code)
+        targets = ((commune.targets or {}).get(str(year)) or {}) if commune else {}
+        counts = {
+            "gia_dinh": self.session.exec(select(func.count()).select_from(Household).where(Household.commune_code == commune_code)).one(),
+            "dong_ho": self.session.exec(select(func.count()).select_from(Clan).where(Clan.commune_code == commune_code)).one(),
+            "cong_dong": self.session.exec(
+                select(func.count()).select_from(Village).where(Village.commune_code == commune_code, Village.status == "active")
+            ).one(),
+        }
+        figures = []
+        for title, subjects in counts.items():
+            registered = self.session.exec(
+                select(func.count()).select_from(Registration).where(
+                    Registration.commune_code == commune_code, Registration.year == year, Registration.title == title,
+                    Registration.status == "registered",
+                )
+            ).one()
+            by_status = dict(self.session.exec(
+                select(Assessment.status, func.count()).where(
+                    Assessment.commune_code == commune_code, Assessment.year == year, Assessment.title == title
+                ).group_by(Assessment.status)
+            ).all())
+            submitted = sum(n for s, n in by_status.items() if s in SUBMITTED)
+            target = targets.get(title)
+            figures.append(TitleFigures(title, int(subjects), int(registered), int(submitted),
+                                        int(by_status.get("recognised", 0)), float(target) if target is not None else None))
+        return figures
+
+    def public_base_url(self) -> str:
+        return str(getattr(self.settings, "public_base_url", "") or "").rstrip("/")
+
+    def invite_link(self, invite_code: str) -> str:
+        base = self.public_base_url()
+        return f"{base}/simulator?start=v_{invite_code.removeprefix('v_')}" if base else ""

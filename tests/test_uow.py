@@ -1,0 +1,205 @@
+"""Conversations through bot.uow.process_event on the real database fixture (SQLite or PostgreSQL)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlmodel import Session, func, select
+
+from bot.uow import ensure_commune, process_event
+from flows.types import Event, PhotoRef, Say
+from models.tables import (
+    Assessment,
+    ChatIdentity,
+    Conversation,
+    Evidence,
+    Household,
+    OutboxMessage,
+    Person,
+    Registration,
+    RoleGrant,
+    Village,
+)
+
+NOW = datetime.fromisoformat("2026-11-10T09:00:00+07:00")
+
+
+class Chat:
+    """One person typing into one chat; each event is one committed unit of work."""
+
+    def __init__(self, session: Session, chat_id: str, channel: str = "telegram") -> None:
+        self.session, self.chat_id, self.channel = session, chat_id, channel
+        self.last: list[Say] = []
+        self.n = 0
+
+    def send(self, event: Event, *, base: str | None = None) -> list[Say]:
+        self.n += 1
+        out = process_event(self.session, channel=self.channel, chat_id=self.chat_id, event=event, now=NOW,
+                            idempotency_base=base or f"{self.channel}:{self.chat_id}:{self.n}")
+        self.session.commit()
+        if out:
+            self.last = out
+        return out
+
+    def text(self, text: str) -> list[Say]:
+        return self.send(Event("text", text=text))
+
+    def press(self, label: str) -> list[Say]:
+        buttons = [b for say in self.last for b in say.buttons]
+        button = next((b for b in buttons if b.label == label), None)
+        assert button is not None, f"no button {label!r} in {[b.label for b in buttons]}"
+        return self.send(Event("button", text=label, value=button.value))
+
+    def said(self) -> str:
+        return "\n".join(s.text for s in self.last)
+
+
+def _seed(session: Session) -> Village:
+    ensure_commune(session, 10999)
+    village = Village(commune_code=10999, name="Thôn Đông", invite_code="dong01")
+    session.add(village)
+    session.commit()
+    return village
+
+
+def _count(session: Session, model: Any) -> int:
+    return session.exec(select(func.count()).select_from(model)).one()
+
+
+def _signup(chat: Chat, name: str = "Nguyễn Văn An") -> None:
+    chat.send(Event("command", text="start"))
+    chat.press("Chủ hộ gia đình")
+    chat.text("gia loc")
+    chat.press("Gia Lộc – Hải Phòng")
+    chat.press("Thôn Đông")
+    chat.text(name)
+    chat.text("4")
+    chat.send(Event("contact", text="0912 345 678"))
+    chat.press("Đồng ý")
+
+
+def test_household_signs_up_answers_with_a_photo_and_submits(session: Session) -> None:
+    _seed(session)
+    chat = Chat(session, "1001")
+    _signup(chat)
+    person = session.exec(select(Person)).one()
+    assert (person.name, person.phone, person.commune_code) == ("Nguyễn Văn An", "+84912345678", 10999)
+    assert person.consent_at is not None
+    household = session.exec(select(Household)).one()
+    assert household.head_person_id == person.id and household.members == 4
+    grant = session.exec(select(RoleGrant)).one()
+    assert (grant.role, grant.status) == ("household", "granted")
+    chat.press("Đăng ký")
+    assert session.exec(select(Registration)).one().title == "gia_dinh"
+    chat.press("Tự đánh giá")
+    assert "Câu 1/10" in chat.said()
+    for answer in ["co", "có", "Bỏ qua", "co", "co", "100%", "Bỏ qua", "co", "co"]:
+        if answer == "Bỏ qua":
+            chat.press(answer)
+        else:
+            chat.text(answer)
+    assert "Câu 8/10" in chat.said()
+    chat.text("1")  # the first option: "Có cả góc học tập và tủ sách"
+    assert "📷" in chat.said()
+    chat.send(Event("photo", photo=PhotoRef("f" * 64, 800, 600)))
+    chat.press("Xong")
+    chat.text("co")
+    chat.text("khong")
+    assert "tạm tính 90/100 điểm (cần 80)" in chat.said()
+    chat.press("Gửi Hội Khuyến học")
+    assert "✅ Đã gửi" in chat.said()
+    assessment = session.exec(select(Assessment)).one()
+    assert assessment.status == "submitted" and assessment.total == 90
+    assert assessment.answers["c3_2"] == "goc_va_tu_sach" and assessment.answers["c2_2"] == 100
+    evidence = session.exec(select(Evidence)).one()
+    assert (evidence.criterion, evidence.sha256) == ("c3_2", "f" * 64)
+    outbox = session.exec(select(OutboxMessage)).all()
+    assert all(m.chat_id == "1001" and m.priority == 0 for m in outbox)
+    assert Say.from_json(outbox[-1].payload).text == chat.last[-1].text
+    conv = session.exec(select(Conversation)).one()
+    assert conv.state["step"] == "idle"
+
+
+def test_redelivered_update_writes_nothing_twice(session: Session) -> None:
+    _seed(session)
+    chat = Chat(session, "1002")
+    first = chat.send(Event("command", text="start"), base="telegram:update:77")
+    rows = _count(session, OutboxMessage)
+    again = chat.send(Event("command", text="start"), base="telegram:update:77")
+    assert first and again == []
+    assert _count(session, OutboxMessage) == rows
+    assert _count(session, ChatIdentity) == 1
+
+
+def test_no_consent_stores_nothing_personal(session: Session) -> None:
+    _seed(session)
+    chat = Chat(session, "1003")
+    chat.send(Event("command", text="start"))
+    chat.press("Chủ hộ gia đình")
+    chat.text("gia loc")
+    chat.press("Gia Lộc – Hải Phòng")
+    chat.press("Thôn Đông")
+    chat.text("Trần Văn Bình")
+    chat.text("3")
+    chat.text("0987.654.321")
+    chat.press("Không đồng ý")
+    assert "không lưu" in chat.said()
+    assert _count(session, Person) == 0 and _count(session, Household) == 0
+    conv = session.exec(select(Conversation)).one()
+    assert "Bình" not in str(conv.state) and "987" not in str(conv.state)
+
+
+def test_leader_questions_a_family_and_the_family_gets_a_message(session: Session) -> None:
+    village = _seed(session)
+    family = Chat(session, "2001")
+    _signup(family, "Lê Thị Hoa")
+    leader = Chat(session, "2002")
+    leader.send(Event("command", text="start"))
+    leader.press("Trưởng thôn/Chi hội")
+    leader.text("gia loc")
+    leader.press("Gia Lộc – Hải Phòng")
+    leader.press("Thôn Đông")
+    leader.text("Phạm Văn Cường")
+    leader.press("Bỏ qua")
+    leader.press("Đồng ý")
+    assert "chờ xã xác nhận" in leader.said()
+    grant = session.exec(select(RoleGrant).where(RoleGrant.role == "village_leader")).one()
+    assert grant.status == "pending" and grant.village_id == village.id
+    grant.status = "granted"
+    session.add(grant)
+    household = session.exec(select(Household)).one()
+    session.add(Assessment(commune_code=10999, village_id=village.id, subject_type="household",
+                           subject_id=household.id or 0, title="gia_dinh", year=2026, status="submitted",
+                           answers={"c1_1": True}, total=10))
+    session.commit()
+    leader.text("/batdau")
+    leader.press("Các hộ trong thôn")
+    assert "Lê Thị Hoa — đã gửi" in leader.said()
+    leader.press("1. Lê Thị Hoa")
+    leader.press("Hỏi lại")
+    leader.text("Xin gửi ảnh tủ sách rõ hơn")
+    assert "Em đã gửi câu hỏi" in leader.said()
+    to_family = session.exec(select(OutboxMessage).where(OutboxMessage.chat_id == "2001")).all()
+    assert "Xin gửi ảnh tủ sách rõ hơn" in to_family[-1].payload["text"]
+    assert session.exec(select(Assessment)).one().status == "questioned"
+
+
+def test_new_village_is_proposed_pending(session: Session) -> None:
+    _seed(session)
+    chat = Chat(session, "3001")
+    chat.send(Event("command", text="start"))
+    chat.press("Chủ hộ gia đình")
+    chat.text("Gia Lộc")
+    chat.press("Gia Lộc – Hải Phòng")
+    chat.press("Thôn khác")
+    chat.text("Thôn Bắc")
+    chat.text("Đỗ Văn Em")
+    chat.text("ba")
+    chat.press("Bỏ qua")
+    chat.text("dong y")
+    village = session.exec(select(Village).where(Village.name == "Thôn Bắc")).one()
+    person = session.exec(select(Person)).one()
+    assert village.status == "pending" and village.proposed_by == person.id
+    assert person.village_id == village.id
+    assert session.exec(select(Household)).one().members == 3
