@@ -1,0 +1,248 @@
+"""Benchmark the `registration` fan-out: N households with a person and a chat identity each.
+
+    python bench/fanout.py                       # SQLite, 100,000 people
+    python bench/fanout.py --database-url postgresql://root@127.0.0.1:5432/test
+    python bench/fanout.py -n 20000 --no-docs
+
+Seeds with bulk inserts into a fresh database (a temporary SQLite file, or a scratch PostgreSQL schema
+dropped afterwards), times the campaign run (audience SQL + rendering + INSERT … ON CONFLICT DO NOTHING +
+commit), a repeated run (every key exists), and a baseline in the same process: a bare bulk INSERT of the
+same number of rows into a scratch table shaped like the outbox. Writes the figures into
+docs/performance.md (section "Reminder fan-out") unless --no-docs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shlex
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import JSON, Column, DateTime, Integer, MetaData, String, Table, insert, text
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, SQLModel
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import models.tables as T  # noqa: E402
+from bot.scheduler import run_campaign  # noqa: E402
+from models.db import make_engine  # noqa: E402
+
+MAX_N = 1_000_000
+YEAR = 2027
+DOCS = ROOT / "docs" / "performance.md"
+START, END = "<!-- bench/fanout.py: start -->", "<!-- bench/fanout.py: end -->"
+
+
+@contextmanager
+def database(url: str | None) -> Iterator[tuple[Engine, str]]:
+    """A fresh database: a temporary SQLite file, or a scratch schema on the given PostgreSQL."""
+    if not url:
+        with tempfile.TemporaryDirectory() as tmp:
+            engine = make_engine(f"sqlite:///{tmp}/bench.db")
+            try:
+                yield engine, "SQLite " + __import__("sqlite3").sqlite_version
+            finally:
+                engine.dispose()
+        return
+    schema = "bench_" + uuid.uuid4().hex[:10]
+    admin = make_engine(url)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+        version = conn.execute(text("SHOW server_version")).scalar()
+    sep = "&" if "?" in url else "?"
+    engine = make_engine(f"{url}{sep}options=-csearch_path%3D{schema}")
+    try:
+        yield engine, f"PostgreSQL {version}"
+    finally:
+        engine.dispose()
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def _bulk(engine: Engine, table: Any, rows: list[dict[str, Any]], chunk: int = 20_000) -> None:
+    with engine.begin() as conn:
+        for i in range(0, len(rows), chunk):
+            conn.execute(insert(table), rows[i:i + chunk])
+
+
+def seed(engine: Engine, n: int) -> float:
+    """N persons (consent, household role), N households, N Telegram identities, in bulk."""
+    started = time.perf_counter()
+    now = datetime(2026, 12, 1, tzinfo=UTC)
+    villages = max(1, n // 200)
+    _bulk(engine, T.Province.__table__, [{"code": 31, "name": "Hải Phòng"}])
+    _bulk(engine, T.Commune.__table__, [{"code": 1, "name": "Bench", "province_code": 31, "is_demo": False,
+                                         "targets": {}, "created_at": now}])
+    _bulk(engine, T.Village.__table__, [
+        {"id": v, "commune_code": 1, "name": f"Thôn {v}", "invite_code": f"V{v}", "status": "active",
+         "created_at": now} for v in range(1, villages + 1)])
+    _bulk(engine, T.Person.__table__, [
+        {"id": i, "name": f"Nguyễn Văn Người {i}", "commune_code": 1, "village_id": 1 + i % villages,
+         "consent_at": now, "created_at": now} for i in range(1, n + 1)])
+    _bulk(engine, T.RoleGrant.__table__, [
+        {"id": i, "person_id": i, "role": "household", "status": "granted", "commune_code": 1,
+         "village_id": 1 + i % villages, "created_at": now} for i in range(1, n + 1)])
+    _bulk(engine, T.Household.__table__, [
+        {"id": i, "commune_code": 1, "village_id": 1 + i % villages, "head_person_id": i,
+         "head_name": f"Nguyễn Văn Người {i}", "members": 4, "has_phone": True, "created_at": now}
+        for i in range(1, n + 1)])
+    _bulk(engine, T.ChatIdentity.__table__, [
+        {"id": i, "channel": "telegram", "user_id": str(10_000_000 + i), "chat_id": str(10_000_000 + i),
+         "person_id": i, "display_name": "", "created_at": now} for i in range(1, n + 1)])
+    if engine.dialect.name == "postgresql":
+        with engine.begin() as conn:
+            for table in ("person", "rolegrant", "household", "chatidentity", "village"):
+                conn.execute(text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                                  f"(SELECT max(id) FROM {table}))"))
+            conn.execute(text("ANALYZE"))
+    return time.perf_counter() - started
+
+
+def fanout(engine: Engine) -> tuple[float, int]:
+    now = datetime(YEAR, 1, 5, 8, 0, tzinfo=ZoneInfo("Asia/Ho_Chi_Minh"))
+    started = time.perf_counter()
+    with Session(engine, expire_on_commit=False) as session:
+        result = run_campaign(session, "registration", YEAR, now)
+        session.commit()
+    return time.perf_counter() - started, result.queued
+
+
+def baseline(engine: Engine, n: int) -> float:
+    """A bare bulk INSERT of n outbox-shaped rows through the driver's executemany: no audience query,
+    no rendering, no conflict check, payload already serialized. The floor for writing n rows."""
+    meta = MetaData()
+    Table(
+        "bench_scratch", meta,
+        Column("id", Integer, primary_key=True), Column("idempotency_key", String, nullable=False, unique=True),
+        Column("channel", String), Column("chat_id", String), Column("person_id", Integer),
+        Column("payload", JSON), Column("priority", Integer), Column("status", String),
+        Column("campaign", String), Column("attempts", Integer),
+        Column("not_before", DateTime(timezone=True)), Column("created_at", DateTime(timezone=True)),
+    )
+    meta.create_all(engine)
+    pg = engine.dialect.name == "postgresql"
+    now: Any = datetime.now(UTC) if pg else datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    payload = json.dumps({"text": "⏰ Chào Anh/Chị Nguyễn Văn Người 1! " + "x" * 180,
+                          "buttons": [{"label": "Bắt đầu", "value": "/batdau"}], "request_contact": False},
+                         ensure_ascii=False)
+    rows = [(f"bench:{YEAR}:{i}:{i}", "telegram", str(i), i, payload, 10, "queued", "bench", 0, now, now)
+            for i in range(1, n + 1)]
+    mark = "%s" if pg else "?"
+    sql = (f"INSERT INTO bench_scratch (idempotency_key, channel, chat_id, person_id, payload, priority, status, "
+           f"campaign, attempts, not_before, created_at) VALUES ({', '.join([mark] * 11)})")
+    raw = engine.raw_connection()
+    try:
+        started = time.perf_counter()
+        cur = raw.cursor()
+        for i in range(0, n, 5000):
+            cur.executemany(sql, rows[i:i + 5000])
+        raw.commit()
+        elapsed = time.perf_counter() - started
+    finally:
+        raw.close()
+    meta.drop_all(engine)
+    return elapsed
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                      if line.startswith("MemTotal"))
+        ram = f"{mem_kb / 1024 / 1024:.0f} GiB RAM"
+    except (OSError, StopIteration):
+        ram = "RAM unknown"
+    return f"{os.cpu_count()} CPUs (nproc), {cpu}, {ram}, Python {platform.python_version()}, {platform.system()}"
+
+
+def write_docs(lines: list[str]) -> None:
+    """Replace this benchmark's section in docs/performance.md, or append it; other sections stay as they are."""
+    section = "\n".join([START, *lines, END])
+    DOCS.parent.mkdir(parents=True, exist_ok=True)
+    current = DOCS.read_text(encoding="utf-8") if DOCS.exists() else "# Performance\n"
+    if START in current and END in current:
+        current = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _m: section, current, flags=re.S)
+    else:
+        current = current.rstrip("\n") + "\n\n" + section + "\n"
+    DOCS.write_text(current, encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-n", type=int, default=100_000, help=f"people (at most {MAX_N:,})")
+    parser.add_argument("--database-url", action="append", default=None,
+                        help="PostgreSQL URL (repeatable); SQLite always runs first unless --no-sqlite")
+    parser.add_argument("--no-sqlite", action="store_true")
+    parser.add_argument("--no-docs", action="store_true", help="do not write docs/performance.md")
+    args = parser.parse_args(argv)
+    n = max(1, min(args.n, MAX_N))
+    urls: list[str | None] = [] if args.no_sqlite else [None]
+    urls += args.database_url or []
+    SQLModel.metadata  # noqa: B018 - tables registered by importing models.tables
+    results = []
+    for url in urls:
+        with database(url) as (engine, label):
+            SQLModel.metadata.create_all(engine)
+            seeded = seed(engine, n)
+            first, queued = fanout(engine)
+            again, requeued = fanout(engine)
+            base = baseline(engine, n)
+            results.append((label, seeded, first, queued, again, requeued, base))
+            print(f"{label}: seed {seeded:.1f} s; registration fan-out {first:.2f} s ({queued:,} rows, "
+                  f"{queued / first:,.0f} rows/s); repeated run {again:.2f} s ({requeued} new); "
+                  f"bare INSERT baseline {base:.2f} s")
+    if not args.no_docs:
+        command = "python bench/fanout.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+        lines = [
+            "## Reminder fan-out (bench/fanout.py)",
+            "",
+            f"- date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+            f"- machine: {machine()}",
+            f"- load average at the end (1 min, other jobs shared the machine): {os.getloadavg()[0]:.1f}",
+            f"- command: `{re.sub(r'//[^@/]*@', '//…@', command.strip())}`",
+            f"- data: {n:,} households, each with one consenting person (household role) and one Telegram chat",
+            "",
+            "| database | seed (bulk) | `registration` run | rows written | rows/s | repeated run (0 new) "
+            "| bare INSERT baseline |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for label, seeded, first, queued, again, _requeued, base in results:
+            lines.append(f"| {label} | {seeded:.1f} s | {first:.2f} s | {queued:,} | {queued / first:,.0f} | "
+                         f"{again:.2f} s | {base:.2f} s |")
+        lines += [
+            "",
+            "The run is: one audience query (people ⋈ role grants ⋈ chat identities), one rendered message per "
+            "person, then `INSERT … SELECT … FROM json_each / json_array_elements(:batch) ON CONFLICT "
+            "(idempotency_key) DO NOTHING RETURNING id` with 5,000 rows per statement, one commit. The "
+            "baseline writes the same number of outbox-shaped rows (with a unique key) through the driver's "
+            "executemany, payload pre-serialized: the floor for writing that many rows here; the difference "
+            "is the price of the audience SQL, rendering and idempotency. The repeated run finds every key "
+            "present and writes nothing. "
+            "Target: under 10 s for 100,000.",
+        ]
+        write_docs(lines)
+        print(f"wrote {DOCS.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
