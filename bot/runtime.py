@@ -1,16 +1,34 @@
-"""Background work of the serve process: inbox worker, outbox senders, scheduler.
+"""Background work of the serve process: inbox worker, outbox senders, Telegram webhook setup or polling.
 
-Filled in by the channel issues; start() and stop() are called from the FastAPI lifespan.
+start() and stop() are called from the FastAPI lifespan. Channels that are off (no token) start nothing.
+The "web" channel (the simulator) needs no sender: the simulator reads its outbox rows itself.
+Other channels (Zalo) plug in with ``add_channel()`` before start().
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from bot.inbox import InboxWorker, Normaliser
+from bot.outbox import OutboxSender, Transport
 from models.settings import Settings
+
+log = logging.getLogger("hoctap.runtime")
+
+
+@dataclass
+class _ExtraChannel:
+    normalise: Normaliser
+    transport: Transport | None
+    ordered_ids: bool
+    rate_per_second: float | None
 
 
 @dataclass
@@ -18,9 +36,119 @@ class Runtime:
     settings: Settings
     engine: Engine
     tasks: list[Any] = field(default_factory=list)
+    inbox: InboxWorker | None = None
+    senders: dict[str, OutboxSender] = field(default_factory=dict)
+    telegram: Any = None  # bot.telegram.TelegramChannel when on
+    extra: dict[str, _ExtraChannel] = field(default_factory=dict)
+    background: dict[str, Callable[[], Awaitable[None]]] = field(default_factory=dict)
+
+    def add_channel(
+        self,
+        name: str,
+        *,
+        normalise: Normaliser,
+        transport: Transport | None = None,
+        ordered_ids: bool = False,
+        rate_per_second: float | None = None,
+    ) -> None:
+        """Register another channel's normaliser (and sender transport) before start()."""
+        self.extra[name] = _ExtraChannel(normalise, transport, ordered_ids, rate_per_second)
+
+    def add_background(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
+        """A long-running coroutine (a channel's polling loop, a token refresher) started by start() and
+        cancelled by stop(); e.g. ``runtime.add_background("zalo", lambda: ch.run(on_stored=runtime.wake_inbox))``.
+        """
+        self.background[name] = run
 
     async def start(self) -> None:
         """Start background work for the channels that are on."""
+        # httpx logs every request URL at INFO, and Telegram URLs contain the bot token
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+        logging.getLogger("httpcore").setLevel(logging.WARNING)
+        self.inbox = InboxWorker(engine=self.engine, settings=self.settings, on_outbox=self.wake_outbox)
+        self.senders = {}
+        if self.settings.telegram_enabled:
+            from bot.telegram import CHANNEL, TelegramChannel
+
+            self.telegram = TelegramChannel(settings=self.settings, engine=self.engine)
+            self.inbox.add_channel(CHANNEL, self.telegram.normalise, ordered_ids=True)
+            self.senders[CHANNEL] = self._sender(CHANNEL, self.telegram.transport)
+            self.tasks.append(asyncio.create_task(self._run_telegram(), name="telegram"))
+        for name, extra in self.extra.items():
+            self.inbox.add_channel(name, extra.normalise, ordered_ids=extra.ordered_ids)
+            if extra.transport is not None:
+                self.senders[name] = self._sender(name, extra.transport, extra.rate_per_second)
+        for name, run in self.background.items():
+            self.tasks.append(asyncio.create_task(_guarded(name, run), name=f"background-{name}"))
+        for name, sender in self.senders.items():
+            self.tasks.append(asyncio.create_task(sender.run(), name=f"outbox-{name}"))
+        self.tasks.append(asyncio.create_task(self.inbox.run(), name="inbox"))
+
+    def _sender(self, channel: str, transport: Transport, rate: float | None = None) -> OutboxSender:
+        return OutboxSender(
+            engine=self.engine,
+            channel=channel,
+            transport=transport,
+            rate_per_second=rate or self.settings.telegram_rate_per_second,
+            per_chat_interval=self.settings.per_chat_interval_seconds,
+        )
+
+    async def _run_telegram(self) -> None:
+        """getMe, then setWebhook (public URL) or long polling; retried while Telegram is unreachable."""
+        channel = self.telegram
+        delay = 1.0
+        while True:
+            try:
+                await channel.initialize()
+                if self.settings.public_base_url:
+                    await channel.setup_webhook()
+                    return
+                await channel.poll(on_stored=self.wake_inbox)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - keep trying; the token may be wrong, say so once
+                log.warning("telegram: setup failed (%s); retrying in %.0fs", type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 300.0)
+
+    def wake_inbox(self) -> None:
+        if self.inbox is not None:
+            self.inbox.wake()
+
+    def wake_outbox(self, channel: str | None = None) -> None:
+        for name, sender in self.senders.items():
+            if channel is None or name == channel:
+                sender.wake()
 
     async def stop(self) -> None:
         """Stop background work; queued rows stay in the database for the next start."""
+        if self.inbox is not None:
+            self.inbox.stop()
+        for sender in self.senders.values():
+            sender.stop()
+        tasks, self.tasks = self.tasks, []
+        for task in tasks:
+            if task.get_name() == "telegram" or task.get_name().startswith("background-"):
+                task.cancel()  # polling loops and setup: nothing to finish
+        if tasks:
+            # the worker and senders finish what is in flight (a sender puts unsent claims back)
+            _, pending = await asyncio.wait(tasks, timeout=10.0)
+            for task in pending:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        if self.telegram is not None:
+            await self.telegram.shutdown()
+            self.telegram = None
+
+
+async def _guarded(name: str, run: Callable[[], Awaitable[None]]) -> None:
+    """Run a background coroutine; log (without details that could hold personal data) if it dies."""
+    try:
+        await run()
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        log.error("background task %s stopped (%s)", name, type(exc).__name__)

@@ -1,5 +1,60 @@
-"""Routes: filled in by its own issue."""
+"""POST /webhooks/telegram: check the secret, store the raw update in the inbox, answer 200 at once.
 
-from fastapi import APIRouter
+Processing happens in the inbox worker, never here: Telegram waits for our answer before sending the same
+chat's next update, and re-sends on anything but 2xx, so this route only verifies, stores and commits.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+from starlette.concurrency import run_in_threadpool
+
+from bot.inbox import store_update
+from bot.telegram import CHANNEL, chat_key, webhook_secret
+
+log = logging.getLogger("hoctap.webhook.telegram")
 
 router = APIRouter()
+
+SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+MAX_BODY = 1_000_000  # updates are a few kB; anything this large is not from Telegram
+
+
+def _store(engine: Engine, update: dict[str, Any]) -> bool:
+    with Session(engine) as session:
+        new = store_update(session, CHANNEL, update["update_id"], chat_key(update), update)
+        session.commit()
+    return new
+
+
+@router.post("/webhooks/telegram", tags=["webhooks"], include_in_schema=False)
+async def telegram_webhook(request: Request) -> Response:
+    settings = request.app.state.settings
+    if not settings.telegram_enabled:
+        return JSONResponse({"ok": False, "error": "telegram is off"}, status_code=404)
+    expected = webhook_secret(settings)
+    given = request.headers.get(SECRET_HEADER, "")
+    # constant time, and never accept an empty secret
+    if not expected or not hmac.compare_digest(given.encode(), expected.encode()):
+        return JSONResponse({"ok": False, "error": "bad secret"}, status_code=401)
+    body = await request.body()
+    if len(body) > MAX_BODY:
+        return JSONResponse({"ok": False, "error": "too large"}, status_code=413)
+    try:
+        update = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return JSONResponse({"ok": False, "error": "not JSON"}, status_code=400)
+    if not isinstance(update, dict) or type(update.get("update_id")) is not int:
+        return JSONResponse({"ok": False, "error": "no update_id"}, status_code=400)
+    new = await run_in_threadpool(_store, request.app.state.engine, update)
+    if new:
+        request.app.state.runtime.wake_inbox()
+    return JSONResponse({"ok": True})

@@ -1,0 +1,443 @@
+"""Telegram adapter: python-telegram-bot's ``Bot`` as a plain client, with our own routing.
+
+We do not use PTB's ``Application``: conversation state lives in our database (shared with Zalo and the
+simulator, safe across restarts and processes), updates go through our inbox, and replies through our
+outbox, so PTB's dispatcher, persistence and ConversationHandler would only duplicate that. PTB gives us
+the types (``Update.de_json``), the HTTP client and the error classes.
+
+- ``normalise``: raw update → ``Inbound`` (an Event for the flows, or the channel's own polite answer)
+- ``render``: Say → sendMessage keyword arguments
+- ``TelegramTransport``: the outbox transport
+- ``setup_webhook`` / ``poll``: webhook when PUBLIC_BASE_URL is set, otherwise long polling
+
+Outcomes that never reach the flows:
+- edited messages, channel posts, service messages (joins, pins...): ignored (status "ignored");
+- group chats: a command gets one polite "talk to me in private" answer, anything else is ignored;
+- a contact card of someone else: a polite answer asking for one's own number;
+- a photo (or an image sent as a file) that fails validation: the refusal message from bot/media.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+from telegram import (
+    Bot,
+    BotCommand,
+    CallbackQuery,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    KeyboardButton,
+    Message,
+    ReplyKeyboardMarkup,
+    Update,
+)
+from telegram.error import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    InvalidToken,
+    NetworkError,
+    RetryAfter,
+    TelegramError,
+    TimedOut,
+)
+from telegram.request import HTTPXRequest
+
+from bot.inbox import Inbound, store_update
+from bot.media import TOO_BIG, store_photo
+from bot.outbox import PermanentError, RetryAfterError, TransientError, UnreachableError
+from flows.i18n import t
+from flows.types import Event, Say
+from models.settings import Settings
+from models.tables import OutboxMessage
+
+log = logging.getLogger("hoctap.telegram")
+
+CHANNEL = "telegram"
+ALLOWED_UPDATES = ["message", "callback_query"]
+COMMANDS = ("batdau", "trangthai", "trogiup", "huy", "thongke")
+MAX_TEXT = 4096  # UTF-16 code units, as Telegram counts them
+MAX_CALLBACK_BYTES = 64
+HASH_PREFIX = "#"
+DOWNLOAD_LIMIT = 20_000_000  # the Bot API serves files up to 20 MB
+UNSUPPORTED_KINDS = (
+    "sticker",
+    "voice",
+    "video_note",
+    "video",
+    "audio",
+    "animation",
+    "document",
+    "location",
+    "venue",
+    "poll",
+    "dice",
+    "game",
+    "story",
+)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+
+
+# --- configuration --------------------------------------------------------------------------------------
+
+
+def make_bot(settings: Settings, *, poll_timeout: int = 25) -> Bot:
+    """A Bot against settings.telegram_api_base_url (the public API, a local Bot API server or a fake)."""
+    # PTB 22 warns (PTBDeprecationWarning) whenever a duration such as RetryAfter.retry_after is read as
+    # an int; opting into its timedelta mode silences that and is what PTB 23 will do anyway.
+    os.environ.setdefault("PTB_TIMEDELTA", "true")
+    base = settings.telegram_api_base_url
+    return Bot(
+        settings.telegram_bot_token.get_secret_value(),
+        base_url=f"{base}/bot",
+        base_file_url=f"{base}/file/bot",
+        request=HTTPXRequest(connection_pool_size=64, read_timeout=10.0, media_write_timeout=30.0),
+        get_updates_request=HTTPXRequest(connection_pool_size=2, read_timeout=poll_timeout + 10.0),
+    )
+
+
+def webhook_secret(settings: Settings) -> str:
+    """TELEGRAM_WEBHOOK_SECRET, or one derived from the token when unset (only A-Z a-z 0-9 _ - allowed)."""
+    configured = settings.telegram_webhook_secret.get_secret_value()
+    if configured:
+        return configured
+    token = settings.telegram_bot_token.get_secret_value()
+    if not token:
+        return ""
+    return hmac.new(token.encode(), b"hoctap-telegram-webhook", hashlib.sha256).hexdigest()
+
+
+def chat_key(payload: dict[str, Any]) -> str:
+    """The per-chat ordering key of a raw update, without parsing it fully ("" when there is none)."""
+    for field in ("message", "edited_message", "channel_post", "edited_channel_post"):
+        chat = (payload.get(field) or {}).get("chat") if isinstance(payload.get(field), dict) else None
+        if isinstance(chat, dict) and "id" in chat:
+            return str(chat["id"])
+    query = payload.get("callback_query")
+    if isinstance(query, dict):
+        chat = (query.get("message") or {}).get("chat") if isinstance(query.get("message"), dict) else None
+        if isinstance(chat, dict) and "id" in chat:
+            return str(chat["id"])
+        sender = query.get("from")
+        if isinstance(sender, dict) and "id" in sender:
+            return str(sender["id"])
+    return ""
+
+
+# --- rendering ------------------------------------------------------------------------------------------
+
+
+def callback_data(value: str) -> str:
+    """A button value as callback_data (≤ 64 bytes): short values as they are, long ones as a hash."""
+    if len(value.encode()) <= MAX_CALLBACK_BYTES and not value.startswith(HASH_PREFIX):
+        return value
+    return HASH_PREFIX + hashlib.sha256(value.encode()).hexdigest()[:32]
+
+
+def _utf16_len(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2
+
+
+def split_text(text: str, limit: int = MAX_TEXT) -> list[str]:
+    """Split at paragraph, line, then word boundaries so that each part fits Telegram's limit."""
+    text = text if text.strip() else "…"
+    parts: list[str] = []
+    rest = text
+    while _utf16_len(rest) > limit:
+        # the longest prefix that fits (binary search: emoji count twice in UTF-16)
+        low, high = 1, len(rest)
+        while low < high:
+            mid = (low + high + 1) // 2
+            if _utf16_len(rest[:mid]) <= limit:
+                low = mid
+            else:
+                high = mid - 1
+        cut = low
+        window = rest[:cut]
+        for sep in ("\n\n", "\n", " "):
+            at = window.rfind(sep)
+            if at > cut // 2:
+                cut = at + len(sep)
+                break
+        parts.append(rest[:cut].rstrip())
+        rest = rest[cut:].lstrip("\n")
+    parts.append(rest)
+    return [p for p in parts if p] or ["…"]
+
+
+def _layout(buttons: list[InlineKeyboardButton]) -> list[list[InlineKeyboardButton]]:
+    """Short answers ("Có", "Không") side by side, three at most; longer labels one per row."""
+    if buttons and all(len(b.text) <= 10 for b in buttons) and len(buttons) <= 3:
+        return [buttons]
+    return [[b] for b in buttons]
+
+
+def render(say: Say) -> list[dict[str, Any]]:
+    """sendMessage keyword arguments (without chat_id) for one Say; buttons go with the last part."""
+    chunks = split_text(say.text)
+    markup: InlineKeyboardMarkup | ReplyKeyboardMarkup | None = None
+    if say.request_contact:
+        rows = [[KeyboardButton(t("channel.share_phone"), request_contact=True)]]
+        rows += [[KeyboardButton(b.label)] for b in say.buttons]  # pressing one sends its label as text
+        markup = ReplyKeyboardMarkup(rows, one_time_keyboard=True, resize_keyboard=True)
+    elif say.buttons:
+        markup = InlineKeyboardMarkup(
+            _layout(
+                [InlineKeyboardButton(b.label, callback_data=callback_data(b.value)) for b in say.buttons]
+            )
+        )
+    messages: list[dict[str, Any]] = [{"text": chunk} for chunk in chunks]
+    if markup is not None:
+        messages[-1]["reply_markup"] = markup
+    return messages
+
+
+# --- the transport --------------------------------------------------------------------------------------
+
+
+def _retry_after_seconds(exc: RetryAfter) -> float:
+    value: Any = exc.retry_after  # a timedelta (PTB_TIMEDELTA mode, see make_bot) or seconds
+    return float(value.total_seconds() if hasattr(value, "total_seconds") else value)
+
+
+class TelegramTransport:
+    """Sends outbox payloads with sendMessage; translates PTB errors into the outbox's error classes.
+
+    A Say longer than 4096 characters goes out as several messages: a retry after a failure in the middle
+    sends the first parts again (rare: our messages are short).
+    """
+
+    def __init__(self, bot: Bot) -> None:
+        self.bot = bot
+
+    async def send(self, chat_id: str, payload: dict[str, Any]) -> str | None:
+        last: str | None = None
+        for kwargs in render(Say.from_json(payload)):
+            try:
+                message = await self.bot.send_message(chat_id=int(chat_id), **kwargs)
+            except RetryAfter as exc:
+                raise RetryAfterError(_retry_after_seconds(exc)) from exc
+            except Forbidden as exc:
+                raise UnreachableError(exc.message) from exc
+            except BadRequest as exc:
+                lowered = exc.message.lower()
+                if "chat not found" in lowered or "user is deactivated" in lowered:
+                    raise UnreachableError(exc.message) from exc
+                raise PermanentError(exc.message) from exc
+            except (TimedOut, NetworkError, InvalidToken) as exc:
+                raise TransientError(type(exc).__name__) from exc
+            except TelegramError as exc:
+                raise TransientError(type(exc).__name__) from exc
+            last = str(message.message_id)
+        return last
+
+
+# --- the channel ----------------------------------------------------------------------------------------
+
+
+class TelegramChannel:
+    """Everything Telegram-specific the runtime needs: normaliser, transport, webhook setup, polling."""
+
+    def __init__(self, *, settings: Settings, engine: Engine, bot: Bot | None = None) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.bot = bot or make_bot(settings)
+        self.transport = TelegramTransport(self.bot)
+
+    async def initialize(self) -> None:
+        """Open the HTTP clients and check the token (getMe)."""
+        await self.bot.initialize()
+
+    async def shutdown(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.bot.shutdown()
+
+    # -- setup
+
+    async def set_commands(self) -> None:
+        await self.bot.set_my_commands([BotCommand(name, t(f"channel.cmd_{name}")) for name in COMMANDS])
+
+    async def setup_webhook(self) -> None:
+        """setWebhook to PUBLIC_BASE_URL/webhooks/telegram with the secret token, and the command menu."""
+        await self.bot.set_webhook(
+            url=f"{self.settings.public_base_url}/webhooks/telegram",
+            secret_token=webhook_secret(self.settings),
+            allowed_updates=ALLOWED_UPDATES,
+        )
+        await self.set_commands()
+        log.info("telegram: webhook set")
+
+    async def poll(self, *, on_stored: Callable[[], None], long_poll_seconds: int = 25) -> None:
+        """Long polling into the same inbox as the webhook; runs until cancelled."""
+        await self.bot.delete_webhook(drop_pending_updates=False)
+        await self.set_commands()
+        log.info("telegram: long polling")
+        offset: int | None = None
+        failures = 0
+        while True:
+            try:
+                updates = await self.bot.get_updates(
+                    offset=offset,
+                    timeout=long_poll_seconds,
+                    allowed_updates=ALLOWED_UPDATES,
+                    read_timeout=long_poll_seconds + 10.0,
+                )
+            except TimedOut:
+                continue
+            except InvalidToken:
+                log.error("telegram: the bot token was rejected; polling stops")
+                return
+            except (Conflict, NetworkError, TelegramError) as exc:
+                failures += 1
+                delay = min(2.0**failures, 60.0)
+                log.warning("telegram: getUpdates failed (%s); retrying in %.0fs", type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+                continue
+            failures = 0
+            if not updates:
+                continue
+            # stored as JSON, the same shape as a webhook body (PTB keeps unknown fields in api_kwargs)
+            raw = [update.to_dict() for update in updates]
+            await asyncio.to_thread(self._store_many, raw)
+            # confirming by offset only after the commit: a crash before it redelivers, the inbox dedups
+            offset = max(u["update_id"] for u in raw) + 1
+            on_stored()
+
+    def _store_many(self, updates: list[dict[str, Any]]) -> None:
+        with Session(self.engine) as session:
+            for update in updates:
+                store_update(session, CHANNEL, update["update_id"], chat_key(update), update)
+            session.commit()
+
+    # -- normalising
+
+    async def normalise(self, payload: dict[str, Any]) -> Inbound:
+        """Raw update → Inbound (see the module docstring for what is ignored or answered here)."""
+        update = Update.de_json(payload, self.bot)
+        if update.callback_query is not None:
+            return await self._callback(update.callback_query)
+        message = update.message
+        if message is None:
+            return Inbound()  # edited messages, channel posts...: not ours to answer
+        chat_id = str(message.chat.id)
+        sender = message.from_user
+        who = {"user_id": str(sender.id), "display_name": sender.full_name} if sender else {}
+        if message.chat.type != "private":
+            if message.text and message.text.startswith("/"):
+                return Inbound(chat_id=chat_id, replies=(Say(t("channel.group_not_supported")),))
+            return Inbound()
+        if message.text is not None:
+            return Inbound(chat_id=chat_id, event=_text_event(message.text), **who)
+        if message.photo:
+            largest = max(message.photo, key=lambda p: (p.width * p.height, p.file_size or 0))
+            return await self._photo(chat_id, largest.file_id, largest.file_size, who)
+        document = message.document
+        if (
+            document is not None
+            and message.animation is None
+            and _looks_like_image(document.mime_type, document.file_name)
+        ):
+            return await self._photo(chat_id, document.file_id, document.file_size, who)
+        if message.contact is not None:
+            if message.contact.user_id is None or sender is None or message.contact.user_id != sender.id:
+                return Inbound(
+                    chat_id=chat_id, replies=(Say(t("channel.contact_not_own"), request_contact=True),)
+                )
+            return Inbound(
+                chat_id=chat_id, event=Event(kind="contact", text=message.contact.phone_number), **who
+            )
+        for kind in UNSUPPORTED_KINDS:
+            if getattr(message, kind, None):
+                return Inbound(chat_id=chat_id, event=Event(kind="unsupported", value=kind), **who)
+        return Inbound()  # service messages
+
+    async def _callback(self, query: CallbackQuery) -> Inbound:
+        # stop the spinner; a query answered late (after a restart) is "too old": nothing to do about it
+        with contextlib.suppress(TelegramError):
+            await query.answer()
+        message = query.message
+        chat_id = str(message.chat.id) if message is not None else str(query.from_user.id)
+        if message is not None and message.chat.type != "private":
+            return Inbound()
+        who = {"user_id": str(query.from_user.id), "display_name": query.from_user.full_name}
+        data = query.data or ""
+        label = ""
+        if isinstance(message, Message) and isinstance(message.reply_markup, InlineKeyboardMarkup):
+            for row in message.reply_markup.inline_keyboard:
+                for button in row:
+                    if button.callback_data == data:
+                        label = button.text
+        value = data
+        if data.startswith(HASH_PREFIX):
+            message_id = message.message_id if message is not None else None
+            resolved = await asyncio.to_thread(self._resolve_hash, chat_id, message_id, data)
+            if resolved is None:
+                # cannot tell which value it was: the label still works as a typed answer
+                return Inbound(chat_id=chat_id, event=Event(kind="text", text=label), **who)
+            value = resolved
+        return Inbound(chat_id=chat_id, event=Event(kind="button", value=value, text=label), **who)
+
+    def _resolve_hash(self, chat_id: str, message_id: int | None, data: str) -> str | None:
+        """Find the long button value behind a hashed callback_data in the outbox row that carried it."""
+        with Session(self.engine) as session:
+            query = select(OutboxMessage).where(
+                OutboxMessage.channel == CHANNEL, OutboxMessage.chat_id == chat_id
+            )
+            rows: list[OutboxMessage] = []
+            if message_id is not None:
+                rows = list(session.exec(query.where(OutboxMessage.platform_message_id == str(message_id))))
+            rows += list(session.exec(query.order_by(col(OutboxMessage.id).desc()).limit(50)))
+        for row in rows:
+            for button in row.payload.get("buttons", ()):
+                value = str(button.get("value", ""))
+                if callback_data(value) == data:
+                    return value
+        return None
+
+    async def _photo(self, chat_id: str, file_id: str, file_size: int | None, who: dict[str, str]) -> Inbound:
+        limit = min(self.settings.photo_max_bytes, DOWNLOAD_LIMIT)
+        if file_size is not None and file_size > limit:
+            return Inbound(chat_id=chat_id, replies=(Say(t(TOO_BIG)),))
+        try:
+            file = await self.bot.get_file(file_id)
+            data = bytes(await file.download_as_bytearray())
+        except BadRequest as exc:
+            if "too big" in exc.message.lower():
+                return Inbound(chat_id=chat_id, replies=(Say(t(TOO_BIG)),))
+            raise
+        # network errors propagate: the inbox retries the row with backoff (file links last ≥ 1 h)
+        stored = await asyncio.to_thread(
+            store_photo,
+            data,
+            media_dir=self.settings.media_path,
+            max_bytes=self.settings.photo_max_bytes,
+            max_pixels=self.settings.photo_max_pixels,
+        )
+        if isinstance(stored, str):
+            return Inbound(chat_id=chat_id, replies=(Say(t(stored)),))
+        return Inbound(chat_id=chat_id, event=Event(kind="photo", photo=stored.ref), **who)
+
+
+def _text_event(text: str) -> Event:
+    """Text → Event: "/start v_abc" is command start with payload v_abc, "/huy@hoctap_bot" command huy."""
+    if text.startswith("/") and len(text) > 1 and not text[1].isspace():
+        head, _, rest = text[1:].partition(" ")
+        command = head.split("@", 1)[0].lower()
+        return Event(kind="command", text=command, value=rest.strip())
+    return Event(kind="text", text=text)
+
+
+def _looks_like_image(mime_type: str | None, file_name: str | None) -> bool:
+    if mime_type and mime_type.lower().startswith("image/"):
+        return True
+    return bool(file_name and file_name.lower().endswith(IMAGE_SUFFIXES))

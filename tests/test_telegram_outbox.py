@@ -1,0 +1,327 @@
+"""The outbox sender against a fake Bot API over real HTTP: priorities, limits, 429, 403, restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from bot.outbox import PRIORITY_BULK, OutboxSender, TokenBucket, enqueue
+from bot.telegram import TelegramTransport, callback_data, make_bot
+from flows.types import Button, Say
+from models.settings import Settings, get_settings
+from models.tables import ChatIdentity, OutboxMessage, Person
+from tests.fakes.telegram_server import FakeTelegram
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeTelegram]:
+    with FakeTelegram().running() as server:
+        yield server
+
+
+def tg_settings(tmp_path: Path, fake: FakeTelegram, **overrides: Any) -> Settings:
+    return get_settings(
+        data_dir=tmp_path,
+        telegram_bot_token=fake.token,
+        telegram_api_base_url=fake.base_url,
+        telegram_webhook_secret="s3cret",
+        public_base_url="",
+        **overrides,
+    )
+
+
+def queue(engine: Engine, items: list[tuple[str, str]], *, priority: int = 0, **kwargs: Any) -> None:
+    """(chat_id, text) pairs, each its own row keyed by its text."""
+    with Session(engine) as session:
+        for chat_id, text in items:
+            enqueue(
+                session,
+                channel="telegram",
+                chat_id=chat_id,
+                message=Say(text),
+                idempotency_key=f"k:{text}",
+                priority=priority,
+                **kwargs,
+            )
+        session.commit()
+
+
+def statuses(engine: Engine) -> dict[str, str]:
+    with Session(engine) as session:
+        return {r.idempotency_key: r.status for r in session.exec(select(OutboxMessage))}
+
+
+class Clock:
+    """Wall time for not_before, pushed forward by the test instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta()
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+
+async def with_sender(settings: Settings, engine: Engine, body: Any, **kwargs: Any) -> Any:
+    bot = make_bot(settings)
+    await bot.initialize()
+    try:
+        options = {"rate_per_second": 200.0, "per_chat_interval": 0.0, **kwargs}
+        sender = OutboxSender(engine=engine, channel="telegram", transport=TelegramTransport(bot), **options)
+        return await body(sender)
+    finally:
+        await bot.shutdown()
+
+
+async def run_until(sender: OutboxSender, done: Any, limit: float = 20.0) -> None:
+    """Run the sender loop until ``done()`` holds (bounded), then stop it gracefully."""
+    task = asyncio.create_task(sender.run())
+    deadline = time.monotonic() + limit
+    try:
+        while not await asyncio.to_thread(done):
+            assert time.monotonic() < deadline, "sender did not finish in time"
+            await asyncio.sleep(0.02)
+    finally:
+        sender.stop()
+        await asyncio.wait_for(task, 15)
+
+
+def test_replies_go_before_bulk_and_not_before_is_respected(engine, tmp_path, fake) -> None:
+    queue(engine, [(str(100 + i), f"bulk {i}") for i in range(5)], priority=PRIORITY_BULK)
+    queue(engine, [("9", "reply")])
+    queue(engine, [("9", "later")], not_before=datetime.now(UTC) + timedelta(hours=1))
+
+    handled = asyncio.run(with_sender(tg_settings(tmp_path, fake), engine, lambda s: s.run_once()))
+
+    assert handled == 6
+    assert fake.sent_texts()[0] == "reply"
+    assert sorted(fake.sent_texts()[1:]) == [f"bulk {i}" for i in range(5)]
+    assert statuses(engine)["k:later"] == "queued"
+    with Session(engine) as session:
+        row = session.exec(select(OutboxMessage).where(OutboxMessage.idempotency_key == "k:reply")).one()
+        assert row.platform_message_id is not None and row.sent_at is not None and row.attempts == 1
+
+
+def test_enqueue_is_idempotent(engine) -> None:
+    with Session(engine) as session:
+        assert (
+            enqueue(session, channel="telegram", chat_id="1", message=Say("a"), idempotency_key="x") is True
+        )
+        assert (
+            enqueue(session, channel="telegram", chat_id="1", message=Say("b"), idempotency_key="x") is False
+        )
+        session.commit()
+        assert len(session.exec(select(OutboxMessage)).all()) == 1
+
+
+def test_transient_failures_are_retried_with_backoff_then_sent_once(engine, tmp_path, fake) -> None:
+    fake.fail_next("sendMessage", 2)
+    queue(engine, [("5", "hello")])
+    clock = Clock()
+
+    async def body(sender: OutboxSender) -> None:
+        assert await sender.run_once() == 1  # attempt 1: 500
+        assert statuses(engine)["k:hello"] == "queued"
+        assert await sender.run_once() == 0  # backing off
+        clock.offset += timedelta(seconds=5)
+        await sender.run_once()  # attempt 2: 500
+        clock.offset += timedelta(seconds=5)
+        await sender.run_once()  # attempt 3: sent
+
+    asyncio.run(with_sender(tg_settings(tmp_path, fake), engine, body, now=clock))
+    assert [c.status for c in fake.calls_of("sendMessage")] == [500, 500, 200]
+    assert fake.sent_texts() == ["hello"]
+    with Session(engine) as session:
+        row = session.exec(select(OutboxMessage)).one()
+        assert (row.status, row.attempts) == ("sent", 3)
+
+
+def test_gives_up_after_max_attempts(engine, tmp_path, fake) -> None:
+    fake.fail_next("sendMessage", 5)
+    queue(engine, [("5", "hello")])
+    clock = Clock()
+
+    async def body(sender: OutboxSender) -> None:
+        for _ in range(3):
+            await sender.run_once()
+            clock.offset += timedelta(minutes=10)
+
+    asyncio.run(with_sender(tg_settings(tmp_path, fake), engine, body, now=clock, max_attempts=3))
+    assert statuses(engine) == {"k:hello": "failed"}
+    assert len(fake.calls_of("sendMessage")) == 3
+
+
+def test_a_429_storm_loses_nothing_duplicates_nothing_and_honours_retry_after(engine, tmp_path, fake) -> None:
+    texts = [(str(200 + i % 12), f"nhắc {i}") for i in range(40)]
+    queue(engine, texts, priority=PRIORITY_BULK)
+    fake.rate_limit_storm(every=9, retry_after=1, times=3)
+
+    async def body(sender: OutboxSender) -> None:
+        await run_until(sender, lambda: set(statuses(engine).values()) == {"sent"})
+
+    asyncio.run(
+        with_sender(tg_settings(tmp_path, fake), engine, body, rate_per_second=50.0, per_chat_interval=0.05)
+    )
+
+    assert sorted(fake.sent_texts()) == sorted(text for _, text in texts)  # each exactly once
+    assert fake.violations == []
+    assert len(fake.bans) == 3
+    delivered = [c.at for c in fake.calls_of("sendMessage") if c.status == 200]
+    for given, until in fake.bans:
+        after = [at for at in delivered if at > given]
+        assert not after or min(after) >= until  # nothing delivered before retry_after ran out
+
+
+def test_403_marks_the_person_unreachable_and_others_still_get_their_messages(engine, tmp_path, fake) -> None:
+    with Session(engine) as session:
+        person = Person(name="Hùng")
+        session.add(person)
+        session.flush()
+        session.add(ChatIdentity(channel="telegram", user_id="42", chat_id="42", person_id=person.id))
+        session.commit()
+    fake.forbid(42)
+    queue(engine, [("42", "to blocked"), ("43", "to friend")])
+
+    asyncio.run(with_sender(tg_settings(tmp_path, fake), engine, lambda s: s.run_once()))
+
+    assert statuses(engine) == {"k:to blocked": "unreachable", "k:to friend": "sent"}
+    assert fake.sent_texts() == ["to friend"]
+    with Session(engine) as session:
+        person = session.exec(select(Person)).one()
+        assert person.unreachable_at is not None
+        assert person.unreachable_reason == "telegram: Forbidden: bot was blocked by the user"
+
+
+def test_restart_in_the_middle_of_a_broadcast_sends_every_row_exactly_once(engine, tmp_path, fake) -> None:
+    texts = [(str(300 + i), f"tháng 11 #{i}") for i in range(40)]
+    queue(engine, texts, priority=PRIORITY_BULK)
+    settings = tg_settings(tmp_path, fake)
+
+    async def first_run(sender: OutboxSender) -> None:
+        await run_until(sender, lambda: len(fake.sent()) >= 10)
+
+    asyncio.run(with_sender(settings, engine, first_run, rate_per_second=40.0))
+    after_stop = statuses(engine)
+    assert "sending" not in after_stop.values()  # claimed but unsent rows were put back
+    assert 10 <= list(after_stop.values()).count("sent") < 40
+
+    async def second_run(sender: OutboxSender) -> None:
+        await run_until(sender, lambda: set(statuses(engine).values()) == {"sent"})
+
+    asyncio.run(with_sender(settings, engine, second_run, rate_per_second=40.0))
+    assert sorted(fake.sent_texts()) == sorted(text for _, text in texts)
+
+
+def test_rows_left_sending_by_a_crash_are_sent_after_their_lease(engine, tmp_path, fake) -> None:
+    queue(engine, [("7", "a"), ("8", "b")])
+    settings = tg_settings(tmp_path, fake)
+
+    async def crash(sender: OutboxSender) -> None:
+        assert len(await asyncio.to_thread(sender._claim)) == 2  # claimed, then the process died
+
+    asyncio.run(with_sender(settings, engine, crash))
+    assert set(statuses(engine).values()) == {"sending"}
+
+    # another process, before the lease ran out: leaves them alone
+    assert asyncio.run(with_sender(settings, engine, lambda s: s.run_once())) == 0
+    later = Clock()
+    later.offset = timedelta(hours=1)
+    assert asyncio.run(with_sender(settings, engine, lambda s: s.run_once(), now=later)) == 2
+    assert sorted(fake.sent_texts()) == ["a", "b"]
+
+
+def test_per_chat_interval_and_global_rate_use_the_injected_clock(engine) -> None:
+    now = [0.0]
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(round(seconds, 3))
+        now[0] += seconds
+
+    class Recorder:
+        sent: list[tuple[float, str]] = []
+
+        async def send(self, chat_id: str, payload: dict[str, Any]) -> str:
+            self.sent.append((now[0], chat_id))
+            return "1"
+
+    queue(engine, [("1", "a"), ("1", "b"), ("1", "c")])
+    transport = Recorder()
+    sender = OutboxSender(
+        engine=engine,
+        channel="telegram",
+        transport=transport,
+        rate_per_second=100.0,
+        per_chat_interval=1.0,
+        clock=lambda: now[0],
+        sleep=sleep,
+    )
+    assert asyncio.run(sender.run_once()) == 3
+    assert [at for at, _ in transport.sent] == [0.0, 1.0, 2.0]
+
+    now[0], slept[:] = 0.0, []
+    bucket = TokenBucket(2.0, capacity=2.0, clock=lambda: now[0], sleep=sleep)
+
+    async def take(n: int) -> None:
+        for _ in range(n):
+            await bucket.acquire()
+
+    asyncio.run(take(6))
+    assert now[0] == pytest.approx(2.0)  # 2 at once, then 2 per second
+
+
+def test_rendering_through_the_fake(engine, tmp_path, fake) -> None:
+    long_value = "assess:gia_dinh:2026:" + "x" * 80
+    queue(engine, [])
+    with Session(engine) as session:
+        enqueue(
+            session,
+            channel="telegram",
+            chat_id="11",
+            idempotency_key="btn",
+            message=Say(
+                "Câu 1/10 — Có góc học tập?",
+                buttons=(Button("Có", "yes"), Button("Không", "no"), Button("Để sau", long_value)),
+            ),
+        )
+        enqueue(
+            session,
+            channel="telegram",
+            chat_id="11",
+            idempotency_key="phone",
+            message=Say("Anh/Chị gửi số điện thoại", request_contact=True),
+        )
+        enqueue(
+            session,
+            channel="telegram",
+            chat_id="11",
+            idempotency_key="long",
+            message=Say(("Dòng dài " * 60 + "\n") * 20, buttons=(Button("Xong", "done"),)),
+        )
+        session.commit()
+
+    asyncio.run(with_sender(tg_settings(tmp_path, fake), engine, lambda s: s.run_once()))
+
+    sent = fake.sent("11")
+    keyboard = sent[0]["reply_markup"]["inline_keyboard"]
+    assert keyboard == [
+        [
+            {"text": "Có", "callback_data": "yes"},
+            {"text": "Không", "callback_data": "no"},
+            {"text": "Để sau", "callback_data": callback_data(long_value)},
+        ]
+    ]
+    assert len(callback_data(long_value).encode()) <= 64
+    assert sent[1]["reply_markup"]["one_time_keyboard"] is True
+    assert sent[1]["reply_markup"]["keyboard"][0][0] == {"text": "Gửi số điện thoại", "request_contact": True}
+    long_parts = sent[2:]
+    assert len(long_parts) == 3
+    assert all(len(p["text"]) <= 4096 for p in long_parts)
+    assert "reply_markup" not in long_parts[0] and "reply_markup" in long_parts[-1]
