@@ -18,6 +18,7 @@ from sqlalchemy.engine import Engine
 
 from bot.inbox import InboxWorker, Normaliser
 from bot.outbox import OutboxSender, Transport
+from bot.scheduler import start_scheduler, stop_scheduler
 from models.settings import Settings
 
 log = logging.getLogger("hoctap.runtime")
@@ -83,6 +84,7 @@ class Runtime:
         for name, sender in self.senders.items():
             self.tasks.append(asyncio.create_task(sender.run(), name=f"outbox-{name}"))
         self.tasks.append(asyncio.create_task(self.inbox.run(), name="inbox"))
+        await start_scheduler(self)
 
     def _sender(self, channel: str, transport: Transport, rate: float | None = None) -> OutboxSender:
         return OutboxSender(
@@ -123,6 +125,7 @@ class Runtime:
 
     async def stop(self) -> None:
         """Stop background work; queued rows stay in the database for the next start."""
+        await stop_scheduler(self)
         if self.inbox is not None:
             self.inbox.stop()
         for sender in self.senders.values():
