@@ -153,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--username", required=True)
     pa.add_argument("--phone", default="")
     pa.add_argument("--password", help="default: ask")
+    pa.add_argument("--api-token", action="store_true", help="also create a token for the JSON API")
     pa.set_defaults(func=cmd_officer_add)
 
     p = sub.add_parser("villages", help="villages")
