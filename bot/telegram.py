@@ -59,7 +59,7 @@ from bot.outbox import PermanentError, RetryAfterError, TransientError, Unreacha
 from flows.i18n import t
 from flows.types import Event, Say
 from models.settings import Settings
-from models.tables import OutboxMessage
+from models.tables import ChannelCredential, OutboxMessage
 
 log = logging.getLogger("hoctap.telegram")
 
@@ -255,8 +255,23 @@ class TelegramChannel:
         self.transport = TelegramTransport(self.bot)
 
     async def initialize(self) -> None:
-        """Open the HTTP clients and check the token (getMe)."""
+        """Open the HTTP clients and check the token (getMe); remember the bot's username for invite links."""
         await self.bot.initialize()
+        if self.bot.username:
+            await asyncio.to_thread(self._remember_username, self.bot.username)
+
+    def _remember_username(self, username: str) -> None:
+        with Session(self.engine) as session:
+            row = session.exec(select(ChannelCredential).where(ChannelCredential.channel == CHANNEL)).first()
+            data = dict(row.data) if row else {}
+            if data.get("username") == username:
+                return
+            data["username"] = username
+            if row is None:
+                row = ChannelCredential(channel=CHANNEL, data=data)
+            row.data = data
+            session.add(row)
+            session.commit()
 
     async def shutdown(self) -> None:
         with contextlib.suppress(Exception):

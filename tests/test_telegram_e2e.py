@@ -27,7 +27,7 @@ from bot.outbox import OutboxSender
 from bot.telegram import CHANNEL, TelegramChannel
 from flows.i18n import t
 from models.settings import Settings, get_settings
-from models.tables import Assessment, Evidence, InboxUpdate, OutboxMessage, Person
+from models.tables import Assessment, ChannelCredential, Evidence, InboxUpdate, OutboxMessage, Person
 from tests.fakes import telegram_server as tg
 from tests.fakes.telegram_server import FakeTelegram
 from webhook.app import create_app
@@ -320,6 +320,9 @@ def test_background_runtime_in_webhook_mode(engine, tmp_path, fake) -> None:
         asyncio.run(register_and_submit(Household(fake, 701, live.deliver), with_refusals=False))
     assert fake.calls_of("getUpdates") == []
     check_household_submitted(engine, settings.media_path)
+    with Session(engine) as session:  # the bot's @username is kept for village invite links
+        cred = session.exec(select(ChannelCredential).where(ChannelCredential.channel == "telegram")).one()
+        assert cred.data == {"username": tg.BOT_USERNAME}
 
 
 def test_background_runtime_long_polling(engine, tmp_path, fake) -> None:
