@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     zalo_oa_refresh_token: SecretStr = SecretStr("")
     zalo_oa_api_base_url: str = "https://openapi.zalo.me"
     zalo_oa_oauth_base_url: str = "https://oauth.zaloapp.com"
+    zalo_oa_app_secret: SecretStr = SecretStr("")  # the app's secret for OAuth; empty = ZALO_OA_SECRET_KEY
+    zalo_monthly_message_limit: int = 3000  # Zalo Bot free plan: messages per month (0 = no limit)
+    zalo_user_limit: int = 50  # Zalo Bot free plan: users per bot (0 = no limit)
 
     # communes the deployment serves: province codes ("31") or commune codes ("10999"), comma separated
     served_areas: str = ""

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.engine import Engine
 
+from bot import zalo, zalo_oa
 from bot.runtime import Runtime
 from models.db import make_engine
 from models.settings import Settings, get_settings
@@ -25,6 +26,8 @@ def create_app(
     settings = settings or get_settings()
     engine = engine or make_engine(settings.db_url)
     runtime = Runtime(settings=settings, engine=engine)
+    zalo.register(runtime)  # Zalo Bot Platform, when ZALO_BOT_TOKEN is set
+    zalo_oa.register(runtime)  # Zalo Official Account, when ZALO_OA_APP_ID and ZALO_OA_SECRET_KEY are set
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

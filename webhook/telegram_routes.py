@@ -9,15 +9,13 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import math
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from sqlalchemy.engine import Engine
-from sqlmodel import Session
-from starlette.concurrency import run_in_threadpool
 
-from bot.inbox import store_update
+from bot.inbox import inbox_writer
 from bot.telegram import CHANNEL, chat_key, webhook_secret
 
 log = logging.getLogger("hoctap.webhook.telegram")
@@ -28,11 +26,30 @@ SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 MAX_BODY = 1_000_000  # updates are a few kB; anything this large is not from Telegram
 
 
-def _store(engine: Engine, update: dict[str, Any]) -> bool:
-    with Session(engine) as session:
-        new = store_update(session, CHANNEL, update["update_id"], chat_key(update), update)
-        session.commit()
-    return new
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # NaN, Infinity: PostgreSQL's json type refuses them
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 parses as inf, which PostgreSQL would refuse at commit
+        raise ValueError("number out of range")
+    return value
+
+
+def parse_update(body: bytes) -> Any:
+    """The body as JSON, or None for anything we could not store as is.
+
+    Beyond plain syntax errors: nesting so deep that the parser recurses out (RecursionError, a 500
+    otherwise), NaN/Infinity and overflowing floats, and lone UTF-16 surrogates ("\\ud800"), which are
+    valid JSON escapes but not text that UTF-8 (and so PostgreSQL and our logs) can hold.
+    """
+    try:
+        value = json.loads(body, parse_constant=_reject_constant, parse_float=_finite)
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except (ValueError, UnicodeError, RecursionError):
+        return None
+    return value
 
 
 @router.post("/webhooks/telegram", tags=["webhooks"], include_in_schema=False)
@@ -48,13 +65,15 @@ async def telegram_webhook(request: Request) -> Response:
     body = await request.body()
     if len(body) > MAX_BODY:
         return JSONResponse({"ok": False, "error": "too large"}, status_code=413)
-    try:
-        update = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    update = parse_update(body)
+    if update is None:
         return JSONResponse({"ok": False, "error": "not JSON"}, status_code=400)
     if not isinstance(update, dict) or type(update.get("update_id")) is not int:
         return JSONResponse({"ok": False, "error": "no update_id"}, status_code=400)
-    new = await run_in_threadpool(_store, request.app.state.engine, update)
+    # committed before we answer (Telegram does not send it again after a 200); concurrent calls share the
+    # INSERT and the commit
+    writer = inbox_writer(request.app.state.engine)
+    new = await writer.submit((CHANNEL, update["update_id"], chat_key(update), update))
     if new:
         request.app.state.runtime.wake_inbox()
     return JSONResponse({"ok": True})
