@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import func
 from sqlmodel import Session, select
 
@@ -30,6 +32,7 @@ from models.tables import (
     RoleGrant,
     Village,
 )
+from webhook.app import create_app
 from webhook.demo import DEMO_COMMUNE_CODE, PERSONAS, demo_command, ensure_demo, reset_demo
 
 NOW = datetime(2026, 11, 20, 3, 0, tzinfo=UTC)  # 10:00 in Vietnam, assessment month of 2026
@@ -163,12 +166,17 @@ def test_personas_have_web_chats_and_roles(engine, settings) -> None:
             OfficerCommune.officer_id == officer.id)).all() == [DEMO_COMMUNE_CODE]
 
 
-def test_demo_officer_signs_in_with_demo_demo(engine, settings) -> None:
-    auth = pytest.importorskip("webhook.auth")
+def test_demo_officer_signs_in_with_demo_demo_and_pages_say_demo(engine, settings) -> None:
     ensure_demo(engine, settings, now=NOW)
-    with Session(engine) as session:
-        assert auth.authenticate(session, "demo", "demo") is not None
-        assert auth.authenticate(session, "demo", "wrong") is None
+    with TestClient(create_app(settings, engine=engine, background=False)) as client:
+        page = client.get("/review/login")
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+        wrong = client.post("/review/login", data={"username": "demo", "password": "wrong", "csrf": csrf})
+        assert "(demo)" not in wrong.text and client.get("/review/", follow_redirects=False).status_code in (302, 303)
+        client.post("/review/login", data={"username": "demo", "password": "demo", "csrf": csrf})
+        dashboard = client.get("/review/")
+    assert dashboard.status_code == 200
+    assert "Xã Gia Lộc (demo)" in dashboard.text
 
 
 def test_reset_deletes_demo_data_and_reseeds_leaving_others_alone(engine, settings) -> None:
