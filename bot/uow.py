@@ -321,18 +321,34 @@ class _Applier:
 
     def _ConfirmSubmission(self, e: fx.ConfirmSubmission) -> None:
         row = self._assessment(Subject("household", e.household_id), e.title, e.year)
+        if row.status not in ("submitted", "questioned"):
+            log.warning("confirmation of assessment %s in status %s ignored", row.id, row.status)
+            return
         row.status, row.confirmed_by, row.confirmed_at = "confirmed", self.person_id, self.now
         self.session.add(row)
         self.audit("assessment.confirmed", f"assessment:{row.id}")
 
     def _QuestionSubmission(self, e: fx.QuestionSubmission) -> None:
         row = self._assessment(Subject("household", e.household_id), e.title, e.year)
+        if row.status in ("in_review", "recognised", "rejected"):  # the commune has it now: too late to question
+            log.warning("question on a locked assessment %s ignored", row.id)
+            return
         row.status = "questioned"
+        row.leader_note, row.leader_note_by, row.leader_note_at = e.note[:500], self.person_id, self.now
+        row.updated_at = self.now
         self.session.add(row)
         self.audit("assessment.questioned", f"assessment:{row.id}", note=e.note)
 
     def _NotifyPerson(self, e: fx.NotifyPerson) -> None:
         self.notifications.append((e.person_id, e.say))
+
+    def _CreateUnit(self, e: fx.CreateUnit) -> None:
+        ensure_commune(self.session, e.commune_code)
+        unit = Unit(commune_code=e.commune_code, name=e.name, kind=e.kind, staff=e.staff,
+                    rep_person_id=self.person_id, created_at=self.now)
+        self.session.add(unit)
+        self.session.flush()
+        self.audit("unit.created", f"unit:{unit.id}", name=e.name, kind=e.kind)
 
     def _CreateClan(self, e: fx.CreateClan) -> None:
         ensure_commune(self.session, e.commune_code)

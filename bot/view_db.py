@@ -12,7 +12,16 @@ from sqlmodel import Session, col, func, select
 from flows.answers import fold
 from flows.criteria import CriteriaSet, load_sets
 from flows.effects import Subject
-from flows.view import AssessmentInfo, ClanInfo, HouseholdInfo, PersonInfo, Role, TitleFigures, VillageInfo
+from flows.view import (
+    AssessmentInfo,
+    ClanInfo,
+    HouseholdInfo,
+    PersonInfo,
+    Role,
+    TitleFigures,
+    UnitInfo,
+    VillageInfo,
+)
 from models.tables import (
     Assessment,
     ChatIdentity,
@@ -25,6 +34,7 @@ from models.tables import (
     Registration,
     ReviewDecision,
     RoleGrant,
+    Unit,
     Village,
 )
 
@@ -68,8 +78,11 @@ class DbView:
         clan = self.session.exec(
             select(Clan.id).where(Clan.head_person_id == person.id).order_by(col(Clan.id))
         ).first()
+        unit = self.session.exec(
+            select(Unit.id).where(Unit.rep_person_id == person.id).order_by(col(Unit.id))
+        ).first()
         return PersonInfo(person.id, person.name, person.phone, person.commune_code, person.village_id, roles,
-                          household, clan)
+                          household, clan, unit)
 
     def campaign_year(self, now: datetime) -> int:
         tz = getattr(self.settings, "timezone", None) or DEFAULT_TZ
@@ -157,7 +170,8 @@ class DbView:
                 .order_by(col(ReviewDecision.id).desc())
             ).first()
             note = decision.reason if decision else ""
-        return AssessmentInfo(row.status, dict(row.answers or {}), counts, note, row.total, row.proxy)
+        return AssessmentInfo(row.status, dict(row.answers or {}), counts, note, row.total, row.proxy,
+                              row.leader_note or "")
 
     def _recognised_share(self, household_ids: list[int], year: int) -> float | None:
         if not household_ids:
@@ -228,6 +242,12 @@ class DbView:
         ).all()
         return ClanInfo(c.id or 0, c.name, c.commune_code, tuple(self._household(h, year) for h in rows))
 
+    def unit(self, unit_id: int) -> UnitInfo | None:
+        u = self.session.get(Unit, unit_id)
+        if u is None:
+            return None
+        return UnitInfo(u.id or 0, u.name, u.kind, u.staff, u.commune_code, u.rep_person_id)
+
     # ------------------------------------------------------------------ officers
     def commune_figures(self, commune_code: int, year: int) -> list[TitleFigures]:
         commune = self.session.get(Commune, commune_code)
@@ -238,6 +258,7 @@ class DbView:
             "cong_dong": self.session.exec(
                 select(func.count()).select_from(Village).where(Village.commune_code == commune_code, Village.status == "active")
             ).one(),
+            "don_vi": self.session.exec(select(func.count()).select_from(Unit).where(Unit.commune_code == commune_code)).one(),
         }
         figures = []
         for title, subjects in counts.items():

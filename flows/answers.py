@@ -55,7 +55,9 @@ def parse_int(text: str) -> int | None:
         words.pop()
     if " ".join(words) in _NUMBER_WORDS:
         return _NUMBER_WORDS[" ".join(words)]
-    match = re.match(r"^\s*(\d{1,3}(?:[.,\s]\d{3})+|\d+)(?:\s|$|[a-z%])", f + " ")
+    # ASCII digits only, and at most 12 of them: "²" or "①" are not numbers for int(), and Python refuses
+    # int() of more than 4300 digits; no answer people type is that long
+    match = re.match(r"^\s*([0-9]{1,3}(?:[.,\s][0-9]{3}){1,3}|[0-9]{1,12})(?:\s|$|[a-z%])", f + " ")
     if not match:
         return None
     return int(re.sub(r"[.,\s]", "", match.group(1)))
@@ -70,7 +72,7 @@ def parse_percent(text: str) -> float | None:
         return 50.0
     if f in {"khong ai", "khong co ai", "chua ai"}:
         return 0.0
-    frac = re.fullmatch(r"(\d+)\s*/\s*(\d+)", f)
+    frac = re.fullmatch(r"([0-9]{1,9})\s*/\s*([0-9]{1,9})", f)
     if frac:
         num, den = int(frac.group(1)), int(frac.group(2))
         if den == 0 or num > den:
@@ -89,7 +91,7 @@ def match_button(text: str, buttons: Sequence[Button]) -> str | None:
     f = fold(text)
     if not f or not buttons:
         return None
-    if f.isdigit() and 1 <= int(f) <= len(buttons):
+    if re.fullmatch(r"[0-9]{1,3}", f) and 1 <= int(f) <= len(buttons):
         return buttons[int(f) - 1].value
     stripped = f.lstrip("«» ").strip()
     for button in buttons:

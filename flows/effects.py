@@ -45,7 +45,7 @@ class RegisterPerson:
     """Create the person (with consent) and link this chat to them; ``village_id`` None = the one just proposed."""
 
     name: str
-    role: str  # household | clan_head | village_leader | officer
+    role: str  # household | clan_head | village_leader | unit_rep | officer
     commune_code: int
     village_id: int | None
     phone: str | None
@@ -66,6 +66,16 @@ class CreateHousehold:
 
 
 @dataclass(frozen=True)
+class CreateUnit:
+    """An agency, school or enterprise on the commune's territory, represented by the person just registered."""
+
+    name: str
+    kind: str  # agency | school | enterprise
+    staff: int
+    commune_code: int
+
+
+@dataclass(frozen=True)
 class RequestRole:
     """A role that stays pending until an officer grants it (village leader, commune officer)."""
 
@@ -76,7 +86,7 @@ class RequestRole:
 
 @dataclass(frozen=True)
 class GrantRole:
-    """A role granted at once (household head, clan head)."""
+    """A role granted at once (household head, clan head, unit representative)."""
 
     role: str
     commune_code: int
@@ -173,7 +183,7 @@ class AddClanMember:
 
 
 Effect = (
-    ProposeVillage | RegisterPerson | CreateHousehold | RequestRole | GrantRole | RegisterTitle
+    ProposeVillage | RegisterPerson | CreateHousehold | CreateUnit | RequestRole | GrantRole | RegisterTitle
     | CancelRegistration | SaveAnswer | AttachEvidence | SubmitAssessment | ConfirmSubmission
     | QuestionSubmission | NotifyPerson | CreateClan | AddClanMember
 )

@@ -26,6 +26,7 @@ from flows.effects import (
     ConfirmSubmission,
     CreateClan,
     CreateHousehold,
+    CreateUnit,
     Effect,
     GrantRole,
     NotifyPerson,
@@ -45,18 +46,35 @@ from flows.view import EDITABLE, AssessmentInfo, PersonInfo, View
 log = logging.getLogger(__name__)
 
 MAX_BUTTON = 20
-ROLES = ("household", "clan_head", "village_leader", "officer")
+ROLES = ("household", "clan_head", "village_leader", "officer", "unit_rep")
 PENDING_ROLES = ("village_leader", "officer")
+NO_VILLAGE_ROLES = ("officer", "unit_rep")  # a commune officer and an agency/school/enterprise have no village
 ROLE_BUTTON = {
     "household": "btn.role_household",
     "clan_head": "btn.role_clan",
     "village_leader": "btn.role_leader",
     "officer": "btn.role_officer",
+    "unit_rep": "btn.role_unit",
 }
+# a role typed instead of pressed (folded words, checked in this order)
+ROLE_WORDS = (
+    ("village_leader", ("truong thon", "chi hoi", "to truong", "truong xom", "truong ap", "truong ban")),
+    ("clan_head", ("dong ho", "truong ho", "toc truong", "truong toc")),
+    ("officer", ("can bo", "cong chuc", "uy ban")),
+    ("unit_rep", ("co quan", "truong hoc", "doanh nghiep", "cong ty", "don vi", "nha truong", "hop tac xa")),
+    ("household", ("chu ho", "gia dinh", "ho gia dinh")),
+)
+TITLES = ("gia_dinh", "dong_ho", "cong_dong", "don_vi", "cong_dan")
+UNIT_KINDS = ("agency", "school", "enterprise")
+UNIT_KIND_WORDS = {"agency": ("co quan", "uy ban", "ubnd", "tram", "benh vien", "cq"),
+                   "school": ("truong", "truong hoc", "mam non", "tieu hoc", "thcs", "thpt", "hoc"),
+                   "enterprise": ("doanh nghiep", "cong ty", "dn", "hop tac xa", "htx", "xi nghiep", "nha may")}
+# steps in which an assessment is open in ``data["a"]``: leaving them keeps a way back ("Làm tiếp")
+ASSESS_STEPS = ("assess", "evidence", "summary", "edit_pick")
 # commands typed as words, without the slash (only where no button of the question means the same)
 WORD_COMMANDS = {"tro giup": "trogiup", "giup": "trogiup", "huong dan": "trogiup", "huy": "huy", "thoat": "huy",
                  "menu": "batdau", "bat dau": "batdau", "danh muc": "batdau", "trang thai": "trangthai",
-                 "thong ke": "thongke"}
+                 "thong ke": "thongke", "bo sung": "bosung"}
 DONE_WORDS = {"xong", "da xong", "xong roi", "bo qua", "khong co", "ko co", "khong", "ko", "thoi", "het", "done"}
 INVITE = re.compile(r"^\s*(?:/start\s+)?v[_\-\s]?([a-z0-9]{4,32})\s*$", re.IGNORECASE)
 
@@ -237,6 +255,9 @@ def _dispatch(ctx: Ctx, ev: Event) -> None:
     if choice and choice.startswith("go:"):
         _go(ctx, choice[3:])
         return
+    if choice and choice.startswith("cmd:"):  # buttons of the commune's decision messages (webhook/admin.py)
+        _command(ctx, choice[4:].strip().lower(), "")
+        return
     handler = STEPS.get(ctx.step, _step_idle)
     handler(ctx, ev, choice)
 
@@ -258,6 +279,7 @@ def _command(ctx: Ctx, name: str, payload: str) -> None:
     elif name in ("batdau", "menu"):
         _menu(ctx)
     elif name == "huy":
+        _keep_resume(ctx)
         ctx.goto("idle")
         ctx.say(t("common.left"))
         _menu(ctx)
@@ -270,7 +292,10 @@ def _command(ctx: Ctx, name: str, payload: str) -> None:
     elif name == "dangky":
         _go(ctx, "register")
     elif name == "danhgia":
-        _go(ctx, "assess:gia_dinh")
+        me = ctx.me()
+        _go(ctx, f"assess:{_default_title(ctx, me) if me else 'gia_dinh'}")
+    elif name == "bosung":
+        _go(ctx, "amend")
     else:
         _menu(ctx)
 
@@ -280,9 +305,23 @@ def _go(ctx: Ctx, what: str) -> None:
     parts = what.split(":")
     head = parts[0]
     if ctx.me() is None and head not in ("help", "menu"):
-        ctx.say(t("common.need_signup"))
-        _greet(ctx)
+        if head == "later":
+            ctx.say(t("common.later_ack"))
+            ctx.reask()
+        elif ctx.step not in ("idle", "choose_role") and ctx.data.get("prompt"):
+            ctx.reask("signup.finish_first")  # mid-signup: an old button must not throw away what was typed
+        else:
+            ctx.say(t("common.need_signup"))
+            _greet(ctx)
         return
+    if head == "later":
+        # a reminder's "Để sau", pressed whenever: nothing changes, the current question stays open
+        ctx.say(t("common.later_ack"))
+        if ctx.step != "idle":
+            ctx.reask()
+        return
+    if head not in ("help", "status", "stats", "review", "invite", "resume"):
+        _keep_resume(ctx)  # these only show something and come back; the others leave the current step
     if head == "menu":
         _menu(ctx)
     elif head == "help":
@@ -292,7 +331,14 @@ def _go(ctx: Ctx, what: str) -> None:
     elif head == "register":
         _register_list(ctx)
     elif head == "assess":
-        _start_assessment(ctx, parts[1], Subject.parse(":".join(parts[2:4])) if len(parts) >= 4 else None)
+        title = parts[1] if len(parts) > 1 else ""
+        subject = _parse_subject(":".join(parts[2:4])) if len(parts) >= 4 else None
+        if title not in TITLES:  # e.g. "go:assess:" from a reminder for someone with no title yet
+            title = _default_title(ctx, ctx.me())  # type: ignore[arg-type]
+            subject = None
+        _start_assessment(ctx, title, subject)
+    elif head == "amend":
+        _amend(ctx)
     elif head == "resume":
         resume = ctx.data.get("resume")
         if resume:
@@ -318,6 +364,60 @@ def _go(ctx: Ctx, what: str) -> None:
         _review_link(ctx)
     else:
         _menu(ctx)
+
+
+def _keep_resume(ctx: Ctx) -> None:
+    """Leaving an open assessment: remember it, so that the menu offers "Làm tiếp" back to it."""
+    a = ctx.data.get("a")
+    if ctx.step in ASSESS_STEPS and isinstance(a, dict) and "subject" in a:
+        ctx.data["resume"] = {k: a[k] for k in ("subject", "title", "year", "proxy_by") if k in a}
+
+
+def _drop_resume(ctx: Ctx, a: dict[str, Any]) -> None:
+    """The assessment ``a`` is done: "Làm tiếp" no longer points to it (but still to another one left open)."""
+    resume = ctx.data.get("resume")
+    if resume and (resume.get("subject"), resume.get("title")) == (a["subject"], a["title"]):
+        ctx.data.pop("resume")
+
+
+def _num(text: str) -> int:
+    """The number at the end of a button value ("hh:12" → 12); -1 for a damaged or forged value."""
+    tail = text.rsplit(":", 1)[-1]
+    return int(tail) if re.fullmatch(r"[0-9]{1,12}", tail) else -1
+
+
+def _parse_subject(key: str) -> Subject | None:
+    kind, _, ident = key.partition(":")
+    return Subject(kind, int(ident)) if re.fullmatch(r"[0-9]{1,12}", ident) else None
+
+
+def _default_title(ctx: Ctx, me: PersonInfo | None) -> str:
+    """The title /danhgia means for this person: the first of theirs registered this year, else their first."""
+    if me is None:
+        return "gia_dinh"
+    pairs = _my_subjects(ctx, me)
+    year = ctx.year
+    for subject, title in pairs:
+        if title in ctx.registrations(subject, year) and ctx.assessment(subject, title, year).status in EDITABLE:
+            return title
+    return pairs[0][1] if pairs else "gia_dinh"
+
+
+def _amend(ctx: Ctx) -> None:
+    """The "Gửi ảnh mới" button of a decision message: open the file the commune or the village sent back."""
+    me = ctx.me()
+    assert me is not None
+    year = ctx.year
+    for subject, title in _my_subjects(ctx, me):
+        if ctx.assessment(subject, title, year).status in ("returned", "questioned"):
+            _start_assessment(ctx, title, subject)
+            return
+    if me.has("village_leader") and me.village_id is not None:  # the "_for" message of a proxy entry
+        for hh in ctx.view.village_households(me.village_id, year):
+            if hh.status in ("returned", "questioned") and not hh.has_phone:
+                _start_assessment(ctx, "gia_dinh", Subject("household", hh.id), proxy_by=me.id)
+                return
+    _status(ctx)
 
 
 # ------------------------------------------------------------------------------------------------ start
@@ -373,19 +473,30 @@ def _step_choose_role(ctx: Ctx, ev: Event, choice: str | None) -> None:
     if ev.kind == "text" and INVITE.match(ev.text) and not choice:
         _invite(ctx, INVITE.match(ev.text).group(1))  # type: ignore[union-attr]
         return
+    if not choice and ev.kind == "text":
+        choice = _typed_role(ev.text)
     if not choice or not choice.startswith("role:") or choice[5:] not in ROLES:
         ctx.reask("common.not_understood")
         return
     ctx.data["role"] = choice[5:]
-    if ctx.data.get("commune") and (ctx.data.get("village") or ctx.data["role"] == "officer"):
+    if ctx.data.get("commune") and (ctx.data.get("village") or ctx.data["role"] in NO_VILLAGE_ROLES):
         _ask_name(ctx)
     else:
         _ask_commune(ctx)
 
 
+def _typed_role(text: str) -> str | None:
+    folded = f" {ans.fold(text)} "
+    for role, words in ROLE_WORDS:
+        if any(f" {w} " in folded for w in words):  # whole words: "truong ho" is not in "truong hoc"
+            return f"role:{role}"
+    return None
+
+
 def _signup_data(ctx: Ctx) -> dict[str, Any]:
     return {k: ctx.data[k] for k in ("role", "commune", "commune_name", "village", "village_name",
-                                     "new_village", "name", "members", "phone") if k in ctx.data}
+                                     "new_village", "name", "members", "phone", "unit_name", "unit_kind",
+                                     "staff") if k in ctx.data}
 
 
 def _ask_commune(ctx: Ctx) -> None:
@@ -435,14 +546,14 @@ def _step_commune_pick(ctx: Ctx, ev: Event, choice: str | None) -> None:
         _ask_commune(ctx)
         return
     if choice and choice.startswith("commune:"):
-        code = int(choice.split(":")[1])
+        code = _num(choice)
         hit = communes.commune(code)
         if hit is None or code not in ctx.data.get("hits", []):
             ctx.reask("common.not_understood")
             return
         ctx.data["commune"] = code
         ctx.data["commune_name"] = hit.name
-        if ctx.data.get("role") == "officer":
+        if ctx.data.get("role") in NO_VILLAGE_ROLES:
             _ask_name(ctx)
         else:
             _ask_village(ctx)
@@ -527,8 +638,44 @@ def _step_name(ctx: Ctx, ev: Event, choice: str | None) -> None:
     if ctx.data.get("role") == "household":
         ctx.goto("members", **_signup_data(ctx))
         ctx.say(t("signup.ask_members"), ask=True)
+    elif ctx.data.get("role") == "unit_rep":
+        ctx.goto("unit_name", **_signup_data(ctx))
+        ctx.say(t("unit.ask_name"), ask=True)
     else:
         _ask_phone(ctx)
+
+
+def _step_unit_name(ctx: Ctx, ev: Event, choice: str | None) -> None:
+    name = " ".join(ev.text.split()) if ev.kind == "text" else ""
+    if not 3 <= len(name) <= 120 or sum(ch.isalpha() for ch in name) < 2:
+        ctx.reask("unit.bad_name")
+        return
+    ctx.data["unit_name"] = name
+    ctx.goto("unit_kind", **_signup_data(ctx))
+    ctx.say(t("unit.ask_kind", unit=short(name, 60)),
+            [btn(f"btn.unit_{kind}", f"kind:{kind}") for kind in UNIT_KINDS], ask=True)
+
+
+def _step_unit_kind(ctx: Ctx, ev: Event, choice: str | None) -> None:
+    if choice is None and ev.kind == "text":
+        folded = f" {ans.fold(ev.text)} "
+        kind = next((k for k, words in UNIT_KIND_WORDS.items() if any(f" {w} " in folded for w in words)), None)
+        choice = f"kind:{kind}" if kind else None
+    if not choice or not choice.startswith("kind:") or choice[5:] not in UNIT_KINDS:
+        ctx.reask("common.not_understood")
+        return
+    ctx.data["unit_kind"] = choice[5:]
+    ctx.goto("unit_staff", **_signup_data(ctx))
+    ctx.say(t("unit.ask_staff"), ask=True)
+
+
+def _step_unit_staff(ctx: Ctx, ev: Event, choice: str | None) -> None:
+    value = ans.parse_int(ev.text) if ev.kind == "text" else None
+    if value is None or not 1 <= value <= 100000:
+        ctx.reask("unit.bad_staff")
+        return
+    ctx.data["staff"] = value
+    _ask_phone(ctx)
 
 
 def _step_members(ctx: Ctx, ev: Event, choice: str | None) -> None:
@@ -587,6 +734,13 @@ def _step_consent(ctx: Ctx, ev: Event, choice: str | None) -> None:
             ctx.say(t("signup.village_pending", village=d["new_village"]))
         ctx.say(t("signup.offer_register", year=year),
                 [btn("btn.register", "yes"), btn("btn.later", "later")], ask=True)
+    elif role == "unit_rep":
+        ctx.emit(GrantRole("unit_rep", commune_code, None))
+        ctx.emit(CreateUnit(d["unit_name"], d.get("unit_kind") or "agency", int(d.get("staff") or 1), commune_code))
+        ctx.goto("reg_offer", title="don_vi")
+        ctx.say(t("signup.saved_unit", unit=short(d["unit_name"], 80)))
+        ctx.say(t("signup.offer_register_unit", year=year),
+                [btn("btn.register", "yes"), btn("btn.later", "later")], ask=True)
     elif role == "clan_head":
         ctx.emit(GrantRole("clan_head", commune_code, village_id))
         ctx.goto("clan_name")
@@ -600,14 +754,19 @@ def _step_consent(ctx: Ctx, ev: Event, choice: str | None) -> None:
 
 def _step_reg_offer(ctx: Ctx, ev: Event, choice: str | None) -> None:
     me = ctx.me()
-    if choice == "later" or me is None or me.household_id is None:
+    if choice is None and ev.kind == "text":
+        yn = ans.parse_yes_no(ev.text)
+        choice = {True: "yes", False: "later"}.get(yn) if isinstance(yn, bool) else None
+    title = ctx.data.get("title", "gia_dinh")
+    subject = _own_subject(ctx, me, title) if me is not None else None
+    if choice == "later" or subject is None:
         ctx.goto("idle")
         _menu(ctx)
         return
     if choice != "yes":
         ctx.reask("common.not_understood")
         return
-    _do_register(ctx, Subject("household", me.household_id), "gia_dinh")
+    _do_register(ctx, subject, title)
 
 
 # ------------------------------------------------------------------------------------------------ menu, help
@@ -617,10 +776,17 @@ def _menu_buttons(me: PersonInfo, ctx: Ctx) -> list[Button]:
     buttons: list[Button] = []
     if ctx.data.get("resume"):
         buttons.append(btn("btn.continue", "go:resume"))
-    if me.has("household") and me.household_id is not None:
+    household = me.has("household") and me.household_id is not None
+    unit = me.has("unit_rep") and me.unit_id is not None
+    if household or unit:
         buttons.append(btn("btn.register_menu", "go:register"))
+    if household:
         buttons.append(btn("btn.assess", f"go:assess:gia_dinh:household:{me.household_id}"))
-        buttons.append(btn("btn.assess_citizen", f"go:assess:cong_dan:person:{me.id}"))
+    if unit:
+        buttons.append(btn("btn.unit_assess", f"go:assess:don_vi:unit:{me.unit_id}"))
+    citizen = btn("btn.assess_citizen", f"go:assess:cong_dan:person:{me.id}")
+    if household:
+        buttons.append(citizen)
     if me.has("clan_head"):
         buttons.append(btn("btn.clan", "go:clan"))
     if me.has("village_leader"):
@@ -630,6 +796,8 @@ def _menu_buttons(me: PersonInfo, ctx: Ctx) -> list[Button]:
     if me.has("officer"):
         buttons.append(btn("btn.stats", "go:stats"))
         buttons.append(btn("btn.review", "go:review"))
+    if not household:  # every adult may answer "Công dân học tập" for themself (DESIGN.md §2)
+        buttons.append(citizen)
     buttons.append(btn("btn.status", "go:status"))
     buttons.append(btn("btn.help", "go:help"))
     return buttons
@@ -657,7 +825,7 @@ def _help(ctx: Ctx) -> None:
         lines.append(t("help.new"))
     else:
         lines += [t(f"help.{role}") for role in ROLES if me.has(role)]
-    ctx.say("\n".join(lines))
+    _say_lines(ctx, lines)  # several roles: several short messages rather than one long one
     ctx.reask()
 
 
@@ -673,13 +841,15 @@ def _status(ctx: Ctx) -> None:
         lines.append(t("status.idle"))
     year = ctx.year
     any_reg = False
+    notes: list[str] = []
     for subject, title in _my_subjects(ctx, me):
-        if title not in ctx.registrations(subject, year):
+        info = ctx.assessment(subject, title, year)
+        answers = ctx.answers(subject, title, year)
+        # a file sent or begun without a registration (entered on the web, an old year's data) still shows
+        if title not in ctx.registrations(subject, year) and info.status == "draft" and not answers:
             continue
         any_reg = True
         cset = ctx.view.criteria(title)
-        info = ctx.assessment(subject, title, year)
-        answers = ctx.answers(subject, title, year)
         askable = _askable(cset)
         answered = sum(1 for c in askable if c.id in answers)
         state = t(f"status.{info.status}") if info.status != "draft" or answered else t("status.none")
@@ -690,13 +860,31 @@ def _status(ctx: Ctx) -> None:
         if missing:
             parts.append(t("status.missing_photos", count=len(missing)))
         lines.append(t("status.line", title=t(f"title.{title}"), year=year, state=", ".join(parts)))
+        if info.status == "questioned" and info.leader_note:
+            notes.append(t("status.leader_note", title=t(f"title.{title}"), note=short(info.leader_note, 160)))
+        elif info.status == "returned" and info.note:
+            notes.append(t("status.returned_note", title=t(f"title.{title}"), note=short(info.note, 160)))
     if not any_reg:
         lines.append(t("status.not_registered", year=year))
     for role in PENDING_ROLES:
         if me.pending(role) and not me.has(role):
             lines.append(t("menu.pending", role=t(f"role.{role}")))
-    ctx.say("\n".join(lines))
+    _say_lines(ctx, lines)
+    for note in notes:  # each on its own: a note can be long, and it is what the person must act on
+        ctx.say(note)
     ctx.reask()
+
+
+def _say_lines(ctx: Ctx, lines: list[str], limit: int = 300) -> None:
+    """Lines as few messages as possible, none longer than ``limit`` (a phone screen, VOICE.md)."""
+    chunk: list[str] = []
+    for line in lines:
+        if chunk and len("\n".join([*chunk, line])) > limit:
+            ctx.say("\n".join(chunk))
+            chunk = []
+        chunk.append(line)
+    if chunk:
+        ctx.say("\n".join(chunk))
 
 
 def _catalog_keys() -> set[str]:
@@ -711,11 +899,13 @@ def _my_subjects(ctx: Ctx, me: PersonInfo) -> list[tuple[Subject, str]]:
     pairs: list[tuple[Subject, str]] = []
     if me.has("household") and me.household_id is not None:
         pairs.append((Subject("household", me.household_id), "gia_dinh"))
-        pairs.append((Subject("person", me.id), "cong_dan"))
     if me.has("clan_head") and me.clan_id is not None:
         pairs.append((Subject("clan", me.clan_id), "dong_ho"))
     if me.has("village_leader") and me.village_id is not None:
         pairs.append((Subject("village", me.village_id), "cong_dong"))
+    if me.has("unit_rep") and me.unit_id is not None:
+        pairs.append((Subject("unit", me.unit_id), "don_vi"))
+    pairs.append((Subject("person", me.id), "cong_dan"))  # every adult, for themself
     return pairs
 
 
@@ -734,9 +924,11 @@ def _register_list(ctx: Ctx) -> None:
     year = ctx.year
     deadline = _deadline(ctx, me, year)
     done = [title for subject, title in pairs if title in ctx.registrations(subject, year)]
-    if done:
+    if done and ctx.now.date() <= deadline:
         ctx.say(t("register.list", year=year, registered=", ".join(t(f"title.{x}") for x in done),
                   deadline=_date(deadline)))
+    elif done:  # past the deadline: no promise of a cancellation that is no longer possible
+        ctx.say(t("register.list_closed", year=year, registered=", ".join(t(f"title.{x}") for x in done)))
     else:
         ctx.say(t("register.list_none", year=year))
     buttons = []
@@ -756,9 +948,11 @@ def _step_register(ctx: Ctx, ev: Event, choice: str | None) -> None:
     if not choice or ":" not in choice:
         ctx.reask("common.not_understood")
         return
-    action, title, subject_key = choice.split(":", 2)
+    action, _, rest = choice.partition(":")
+    title, _, subject_key = rest.partition(":")
     me = ctx.me()
-    if me is None or (Subject.parse(subject_key), title) not in _my_subjects(ctx, me):
+    subject = _parse_subject(subject_key)
+    if me is None or subject is None or (subject, title) not in _my_subjects(ctx, me):
         ctx.reask("common.not_understood")
         return
     year = ctx.year
@@ -891,6 +1085,14 @@ def _start_assessment(ctx: Ctx, title: str, subject: Subject | None, *, proxy_by
     _ask_question(ctx, a)
 
 
+_BAN = re.compile(r"\b[Bb]ạn\b(?! bè)")
+
+
+def _plain(question: str) -> str:
+    """A criteria file's question as the bot says it: Anh/Chị, never "bạn" (VOICE.md; cong_dan.yaml uses it)."""
+    return _BAN.sub("Anh/Chị", question)
+
+
 def _share_buttons(c: Criterion) -> list[Button]:
     mins = [int(tier.min) for tier in c.tiers if tier.points > 0]
     buttons: list[Button] = []
@@ -939,12 +1141,17 @@ def _ask_question(ctx: Ctx, a: dict[str, Any]) -> None:
     i = a["i"]
     c = askable[i]
     ctx.goto("assess", a=a)
-    text = t("assess.question", n=i + 1, count=len(askable), question=c.question)
+    text = t("assess.question", n=i + 1, count=len(askable), question=_plain(c.question))
     extra = []
     if c.answer == "choice" and any(len(o.label) > MAX_BUTTON for o in c.options):
         extra.append("\n".join(f"{n}. {o.label}" for n, o in enumerate(c.options, 1)))
     if c.answer == "share":
-        extra.append(t("assess.hint_share"))
+        unit = ctx.view.unit(int(a["subject"].split(":")[1])) if a["subject"].startswith("unit:") else None
+        if unit is not None and unit.staff > 1:  # a unit knows its head count better than a percentage
+            example = max(1, round(unit.staff * 0.7))
+            extra.append(t("assess.hint_share_unit", part=_fmt(example), staff=_fmt(unit.staff)))
+        else:
+            extra.append(t("assess.hint_share"))
     if c.answer == "number":
         extra.append(t("assess.hint_number"))
     current = ctx.answers(Subject.parse(a["subject"]), a["title"], a["year"]).get(c.id)
@@ -985,8 +1192,8 @@ def _parse_answer(c: Criterion, ev: Event, choice: str | None) -> tuple[Any, str
                     return o.value, None, {}
         return None, "assess.bad_choice", {}
     if c.answer == "share":
-        if choice and choice.startswith("pct:"):
-            return int(choice[4:]), None, {}
+        if choice and choice.startswith("pct:") and 0 <= _num(choice) <= 100:
+            return _num(choice), None, {}
         value = ans.parse_percent(ev.text) if ev.kind == "text" else None
         if value is None:
             return None, "assess.bad_share", {}
@@ -1137,6 +1344,8 @@ def _summary(ctx: Ctx, a: dict[str, Any]) -> None:
     answered = sum(1 for c in askable if c.id in answers)
     if info.status == "returned" and info.note:
         ctx.say(t("assess.summary_returned", note=short(info.note, 200)))
+    elif info.status == "questioned" and info.leader_note:
+        ctx.say(t("assess.summary_questioned", note=short(info.leader_note, 200)))
     lines = []
     if info.status in ("submitted", "confirmed"):
         lines.append(t("assess.summary_sent", title=t(f"title.{a['title']}"), state=t(f"status.{info.status}"),
@@ -1194,7 +1403,10 @@ def _step_summary(ctx: Ctx, ev: Event, choice: str | None) -> None:
         a["i"], a["mode"], a["skipped"] = first, "flow", []
         _ask_question(ctx, a)
     elif choice and choice.startswith("photo:"):
-        n = int(choice.split(":")[1])
+        n = _num(choice)
+        if not 1 <= n <= len(askable):
+            ctx.reask("common.not_understood")
+            return
         a["mode"] = "edit"
         a["i"] = n - 1
         _ask_evidence(ctx, a, askable[n - 1].id)
@@ -1214,7 +1426,7 @@ def _step_edit_pick(ctx: Ctx, ev: Event, choice: str | None) -> None:
         return
     n = None
     if choice and choice.startswith("q:"):
-        n = int(choice[2:])
+        n = _num(choice)
     elif ev.kind == "text":
         n = ans.parse_int(ev.text)
     if n is None or not 1 <= n <= count:
@@ -1244,13 +1456,13 @@ def _submit(ctx: Ctx, a: dict[str, Any]) -> None:
         hh = ctx.view.household(subject.id, a["year"])
         ctx.say(t("assess.submitted_proxy", name=hh.head_name if hh else "", total=_fmt(result.total),
                   max=_fmt(result.max), need=need))
-        ctx.data.pop("resume", None)
+        _drop_resume(ctx, a)
         _households(ctx)
         return
     ctx.say(t("assess.submitted", total=_fmt(result.total), max=_fmt(result.max), need=need))
     askable = _askable(cset)
     not_met = [n for n, c in enumerate(askable, 1) if not result.get(c.id).met]
-    ctx.data.pop("resume", None)
+    _drop_resume(ctx, a)
     ctx.goto("idle")
     if not_met:
         ctx.say(t("assess.not_met", which=_questions(not_met)))
@@ -1287,18 +1499,23 @@ def _photo_anywhere(ctx: Ctx, ev: Event) -> None:
     if not options:
         ctx.say(t("photo.none_needed"))
         return
+    if a and ctx.step in ASSESS_STEPS:  # in the middle of one assessment, the photo is for that one
+        options = [o for o in options if (o[0], o[1]) == (a["subject"], a["title"])] or options
     back = {"step": ctx.step, "data": ctx.data}
     ctx.goto("photo_where", photos=[_photo_json(ev)], options=[list(o) for o in options], back=back)
     several = len({(o[0], o[1]) for o in options}) > 1
-    lines, buttons = [], []
+    lines: list[str] = []
+    buttons: list[Button] = []
+    room = 300 - len(t("photo.ask_where", lines=""))  # the question must fit on one screen (VOICE.md)
     for idx, (_, title, n, cid) in enumerate(options):
         c = ctx.view.criteria(title).get(cid)
-        prefix = f"{t(f'title.{title}')} " if several else ""
-        lines.append(f"{prefix}{t('btn.question', n=n)}: {short(c.question, 45)}")
         label = t("btn.question", n=n) if not several else short(f"{t(f'title.{title}')[:8].strip()} {n}")
+        line = f"{label}: {short(_plain(c.question), 40)}"
+        if len("\n".join([*lines, line])) <= room:
+            lines.append(line)
         buttons.append(Button(label, f"attach:{idx}"))
     buttons.append(btn("btn.drop_photo", "drop"))
-    ctx.say(t("photo.ask_where", lines="\n".join(lines[:6])), buttons, ask=True)
+    ctx.say(t("photo.ask_where", lines="\n".join(lines)), buttons, ask=True)
 
 
 def _restore(ctx: Ctx) -> None:
@@ -1318,7 +1535,7 @@ def _step_photo_where(ctx: Ctx, ev: Event, choice: str | None) -> None:
         return
     idx = None
     if choice and choice.startswith("attach:"):
-        idx = int(choice.split(":")[1])
+        idx = _num(choice)
     elif ev.kind == "text":
         n = ans.parse_int(ev.text)
         idx = next((i for i, o in enumerate(options) if o[2] == n), None) if n is not None else None
@@ -1377,7 +1594,7 @@ def _step_households(ctx: Ctx, ev: Event, choice: str | None) -> None:
     if not choice or not choice.startswith("hh:"):
         ctx.reask("common.not_understood")
         return
-    _household_card(ctx, int(choice[3:]))
+    _household_card(ctx, _num(choice))
 
 
 def _household_card(ctx: Ctx, household_id: int) -> None:
@@ -1569,8 +1786,8 @@ def _step_clan_add_pick(ctx: Ctx, ev: Event, choice: str | None) -> None:
     if choice == "again":
         _clan_add(ctx)
         return
-    if choice and choice.startswith("add:") and int(choice[4:]) in ctx.data.get("hits", []):
-        hh = ctx.view.household(int(choice[4:]), ctx.year)
+    if choice and choice.startswith("add:") and _num(choice) in ctx.data.get("hits", []):
+        hh = ctx.view.household(_num(choice), ctx.year)
         if hh is not None:
             ctx.goto("clan_add_confirm", hh=hh.id)
             ctx.say(t("clan.confirm_member", name=hh.head_name, village=hh.village_name),
@@ -1629,12 +1846,14 @@ def _stats(ctx: Ctx) -> None:
     hit = communes.commune(code)
     lines = [t("officer.stats_head", commune=hit.name if hit else str(code), year=year)]
     for f in ctx.view.commune_figures(code, year):
+        if not f.subjects and not f.registered:  # e.g. no agency or school entered yet: a line of zeros says nothing
+            continue
         pct = 100.0 * f.recognised / f.subjects if f.subjects else 0.0
         target = t("officer.stats_target", target=_fmt(f.target)) if f.target is not None else ""
         lines.append(t("officer.stats_line", title=t(f"title.{f.title}"), registered=_fmt(f.registered),
                        submitted=_fmt(f.submitted), recognised=_fmt(f.recognised), subjects=_fmt(f.subjects),
                        pct=_fmt(round(pct)), target=target))
-    ctx.say("\n".join(lines))
+    _say_lines(ctx, lines)
     _review_link(ctx)
 
 
@@ -1655,6 +1874,9 @@ STEPS: dict[str, Callable[[Ctx, Event, str | None], None]] = {
     "village_new": _step_village_new,
     "name": _step_name,
     "members": _step_members,
+    "unit_name": _step_unit_name,
+    "unit_kind": _step_unit_kind,
+    "unit_staff": _step_unit_staff,
     "phone": _step_phone,
     "consent": _step_consent,
     "reg_offer": _step_reg_offer,

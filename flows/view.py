@@ -15,7 +15,7 @@ EDITABLE = ("draft", "submitted", "confirmed", "questioned", "returned")
 
 @dataclass(frozen=True)
 class Role:
-    role: str  # household | clan_head | village_leader | officer
+    role: str  # household | clan_head | village_leader | unit_rep | officer
     status: str  # granted | pending
     commune_code: int | None = None
     village_id: int | None = None
@@ -31,6 +31,7 @@ class PersonInfo:
     roles: tuple[Role, ...] = ()
     household_id: int | None = None
     clan_id: int | None = None  # the clan this person heads
+    unit_id: int | None = None  # the agency, school or enterprise this person represents
 
     def has(self, role: str) -> bool:
         return any(r.role == role and r.status == "granted" for r in self.roles)
@@ -53,9 +54,20 @@ class AssessmentInfo:
     status: str = "draft"  # draft | submitted | confirmed | questioned | in_review | returned | recognised | rejected
     answers: dict[str, Any] = field(default_factory=dict)
     evidence: dict[str, int] = field(default_factory=dict)  # criterion id → number of photos
-    note: str = ""  # the latest reason given by the commune or the village leader
+    note: str = ""  # the latest reason given by the commune when it returned the file
     total: float | None = None
     proxy: bool = False
+    leader_note: str = ""  # what the village leader asked when questioning the submission
+
+
+@dataclass(frozen=True)
+class UnitInfo:
+    id: int
+    name: str
+    kind: str  # agency | school | enterprise
+    staff: int
+    commune_code: int
+    rep_person_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -139,6 +151,10 @@ class View(Protocol):
     def search_households(self, commune_code: int, query: str, year: int) -> list[HouseholdInfo]: ...
 
     def clan(self, clan_id: int, year: int) -> ClanInfo | None: ...
+
+    def unit(self, unit_id: int) -> UnitInfo | None:
+        """An agency, school or enterprise (don_vi subject)."""
+        ...
 
     def commune_figures(self, commune_code: int, year: int) -> list[TitleFigures]: ...
 

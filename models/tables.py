@@ -206,6 +206,10 @@ class Assessment(SQLModel, table=True):
     submitted_at: datetime | None = ts_field()
     confirmed_by: int | None = Field(default=None, foreign_key="person.id")
     confirmed_at: datetime | None = ts_field()
+    # the village leader's latest question to the family (status "questioned"); kept after a new submission
+    leader_note: str | None = None
+    leader_note_by: int | None = Field(default=None, foreign_key="person.id")
+    leader_note_at: datetime | None = ts_field()
     created_at: datetime = created_field()
     updated_at: datetime = created_field()
 

@@ -18,7 +18,9 @@ from models.tables import (
     OutboxMessage,
     Person,
     Registration,
+    ReviewDecision,
     RoleGrant,
+    Unit,
     Village,
 )
 
@@ -203,3 +205,111 @@ def test_new_village_is_proposed_pending(session: Session) -> None:
     assert village.status == "pending" and village.proposed_by == person.id
     assert person.village_id == village.id
     assert session.exec(select(Household)).one().members == 3
+
+
+def test_unit_representative_signs_up_and_answers_don_vi(session: Session) -> None:
+    _seed(session)
+    chat = Chat(session, "4001")
+    chat.send(Event("command", text="start"))
+    chat.press("Cơ quan/Trường học")
+    chat.text("gia loc")
+    chat.press("Gia Lộc – Hải Phòng")
+    chat.text("Đào Thị Mai")
+    chat.text("Trường Tiểu học Gia Lộc")
+    chat.press("Trường học")
+    chat.text("32")
+    chat.press("Bỏ qua")
+    chat.press("Đồng ý")
+    person = session.exec(select(Person)).one()
+    unit = session.exec(select(Unit)).one()
+    assert (unit.name, unit.kind, unit.staff, unit.rep_person_id, unit.commune_code) == (
+        "Trường Tiểu học Gia Lộc", "school", 32, person.id, 10999)
+    grant = session.exec(select(RoleGrant)).one()
+    assert (grant.role, grant.status, grant.village_id) == ("unit_rep", "granted", None)
+    chat.press("Đăng ký")
+    reg = session.exec(select(Registration)).one()
+    assert (reg.subject_type, reg.subject_id, reg.title) == ("unit", unit.id, "don_vi")
+    chat.press("Tự đánh giá")
+    chat.text("co")
+    chat.press("Bỏ qua")
+    chat.text("co")
+    chat.text("khong")
+    assert "ví dụ: 22/32" in chat.said()
+    chat.text("30/32")
+    assessment = session.exec(select(Assessment)).one()
+    assert (assessment.subject_type, assessment.village_id) == ("unit", None)
+    assert assessment.answers == {"u1_1": True, "u1_2": True, "u1_3": False, "u2_1": 93.8}
+    chat.text("/trangthai")
+    assert "Đơn vị học tập 2026: đang làm, đã trả lời 4/10 câu" in chat.said()
+
+
+def test_leader_note_is_stored_and_shown_to_the_family(session: Session) -> None:
+    village = _seed(session)
+    family = Chat(session, "5001")
+    _signup(family, "Lê Thị Hoa")
+    leader_person = Person(name="Phạm Văn Cường", commune_code=10999, village_id=village.id, consent_at=NOW)
+    session.add(leader_person)
+    session.flush()
+    session.add(RoleGrant(person_id=leader_person.id or 0, role="village_leader", status="granted",
+                          commune_code=10999, village_id=village.id))
+    session.add(ChatIdentity(channel="telegram", user_id="5002", chat_id="5002", person_id=leader_person.id))
+    household = session.exec(select(Household)).one()
+    session.add(Assessment(commune_code=10999, village_id=village.id, subject_type="household",
+                           subject_id=household.id or 0, title="gia_dinh", year=2026, status="submitted",
+                           answers={"c1_1": True}, total=10))
+    session.commit()
+    leader = Chat(session, "5002")
+    leader.text("/batdau")
+    leader.press("Các hộ trong thôn")
+    leader.press("1. Lê Thị Hoa")
+    leader.press("Hỏi lại")
+    leader.text("Xin gửi ảnh tủ sách rõ hơn")
+    row = session.exec(select(Assessment)).one()
+    assert (row.status, row.leader_note, row.leader_note_by) == ("questioned", "Xin gửi ảnh tủ sách rõ hơn",
+                                                                  leader_person.id)
+    assert row.leader_note_at is not None
+    family.text("/trangthai")
+    assert "trưởng thôn hỏi lại \"Xin gửi ảnh tủ sách rõ hơn\"" in family.said()
+    family.text("/bosung")
+    assert "⚠️ Trưởng thôn hỏi lại: \"Xin gửi ảnh tủ sách rõ hơn\"" in family.said()
+
+
+def test_reminder_buttons_mid_assessment_keep_answers_and_the_question(session: Session) -> None:
+    _seed(session)
+    chat = Chat(session, "6001")
+    _signup(chat)
+    chat.press("Đăng ký")
+    chat.press("Tự đánh giá")
+    chat.text("co")
+    assert "Câu 2/10" in chat.said()
+    chat.send(Event("button", value="go:later"))
+    assert "Dạ, em sẽ nhắc lại sau. Câu trả lời đã lưu được giữ nguyên." in chat.said()
+    assert "Câu 2/10" in chat.said()
+    conv = session.exec(select(Conversation)).one()
+    assert conv.state["step"] == "assess"
+    chat.send(Event("button", value="go:assess:cong_dan"))
+    assert "Câu 1/10" in chat.said()
+    reg = session.exec(select(Registration).where(Registration.title == "cong_dan")).one()
+    person = session.exec(select(Person)).one()
+    assert (reg.subject_type, reg.subject_id) == ("person", person.id)
+    chat.send(Event("button", value="cmd:trangthai"))
+    assert "Gia đình học tập 2026: đang làm, đã trả lời 1/10 câu" in chat.said()
+    chat.text("/batdau")
+    assert [b.label for b in chat.last[-1].buttons][0] == "Làm tiếp"
+    assert session.exec(select(Assessment).where(Assessment.title == "gia_dinh")).one().answers == {"c1_1": True}
+
+
+def test_returned_file_reopens_from_the_decision_button(session: Session) -> None:
+    _seed(session)
+    chat = Chat(session, "7001")
+    _signup(chat)
+    household = session.exec(select(Household)).one()
+    row = Assessment(commune_code=10999, subject_type="household", subject_id=household.id or 0, title="gia_dinh",
+                     year=2026, status="returned", answers={"c1_1": True}, total=10)
+    session.add(row)
+    session.flush()
+    session.add(ReviewDecision(assessment_id=row.id or 0, decision="return", reason="Thiếu ảnh tủ sách."))
+    session.commit()
+    chat.send(Event("button", value="cmd:bosung"))
+    assert "⚠️ Hội Khuyến học xã cần bổ sung: \"Thiếu ảnh tủ sách.\"" in chat.said()
+    assert session.exec(select(Conversation)).one().state["step"] == "summary"

@@ -22,6 +22,7 @@ from flows.view import (
     PersonInfo,
     Role,
     TitleFigures,
+    UnitInfo,
     VillageInfo,
 )
 
@@ -48,6 +49,7 @@ class FakeAssessment:
     note: str = ""
     total: float | None = None
     proxy_by: int | None = None
+    leader_note: str = ""
 
 
 class FakeView:
@@ -61,6 +63,7 @@ class FakeView:
         self.households = {h["id"]: {"has_phone": True, "head_person": None, "members": 1, **h}
                            for h in w.get("households", [])}
         self.clans = {c["id"]: {"members": [], **c} for c in w.get("clans", [])}
+        self.units = {u["id"]: {"kind": "agency", "staff": 1, "rep_person": None, **u} for u in w.get("units", [])}
         self.regs: set[tuple[str, str, int]] = set()
         for item in w.get("registrations", []):
             subject, title, year = item.split("/")
@@ -89,8 +92,9 @@ class FakeView:
         p = self.persons[self.me_id]
         household = next((h["id"] for h in self.households.values() if h.get("head_person") == p.id), None)
         clan = next((c["id"] for c in self.clans.values() if c.get("head_person") == p.id), None)
+        unit = next((u["id"] for u in self.units.values() if u.get("rep_person") == p.id), None)
         roles = tuple(Role(r[0], r[1], p.commune, p.village) for r in p.roles)
-        return PersonInfo(p.id, p.name, p.phone, p.commune, p.village, roles, household, clan)
+        return PersonInfo(p.id, p.name, p.phone, p.commune, p.village, roles, household, clan, unit)
 
     def campaign_year(self, now: datetime) -> int:
         return now.astimezone(TZ).year
@@ -127,7 +131,7 @@ class FakeView:
         if a is None:
             return AssessmentInfo()
         return AssessmentInfo(a.status, dict(a.answers), {k: len(v) for k, v in a.evidence.items()}, a.note,
-                              a.total, a.proxy_by is not None)
+                              a.total, a.proxy_by is not None, a.leader_note)
 
     def computed(self, subject: Subject, title: str, year: int) -> dict[str, Any]:
         return dict(self.computed_values.get(f"{subject.key()}/{title}", {}))
@@ -159,6 +163,12 @@ class FakeView:
             return None
         members = tuple(self.household(m, year) for m in c["members"])
         return ClanInfo(c["id"], c["name"], c["commune"], members)  # type: ignore[arg-type]
+
+    def unit(self, unit_id: int) -> UnitInfo | None:
+        u = self.units.get(unit_id)
+        if u is None:
+            return None
+        return UnitInfo(u["id"], u["name"], u["kind"], u["staff"], u["commune"], u.get("rep_person"))
 
     def commune_figures(self, commune_code: int, year: int) -> list[TitleFigures]:
         return [TitleFigures(**f) for f in self.figures]
@@ -196,6 +206,10 @@ class FakeView:
             self.households[hid] = {"id": hid, "head": effect.head_name, "commune": effect.commune_code,
                                     "village": village, "members": effect.members, "has_phone": effect.has_phone,
                                     "head_person": self.me_id if effect.head_is_me else None}
+        elif isinstance(effect, fx.CreateUnit):
+            uid = max(self.units, default=0) + 1
+            self.units[uid] = {"id": uid, "name": effect.name, "kind": effect.kind, "staff": effect.staff,
+                               "commune": effect.commune_code, "rep_person": self.me_id}
         elif isinstance(effect, fx.RegisterTitle):
             self.regs.add((effect.subject.key(), effect.title, effect.year))
         elif isinstance(effect, fx.CancelRegistration):
@@ -216,7 +230,7 @@ class FakeView:
             self._assessment(Subject("household", effect.household_id), effect.title, effect.year).status = "confirmed"
         elif isinstance(effect, fx.QuestionSubmission):
             a = self._assessment(Subject("household", effect.household_id), effect.title, effect.year)
-            a.status, a.note = "questioned", effect.note
+            a.status, a.leader_note = "questioned", effect.note
         elif isinstance(effect, fx.NotifyPerson):
             self.notified.append((effect.person_id, effect.say))
         elif isinstance(effect, fx.CreateClan):

@@ -46,7 +46,7 @@ def test_dynamic_key_families_are_complete() -> None:
     for status in ("none", "draft", "submitted", "confirmed", "questioned", "in_review", "returned",
                    "recognised", "rejected"):
         assert f"status.{status}" in messages
-    for role in ("household", "clan_head", "village_leader", "officer"):
+    for role in ("household", "clan_head", "village_leader", "officer", "unit_rep"):
         assert f"role.{role}" in messages and f"help.{role}" in messages
     from flows.engine import STEPS
 

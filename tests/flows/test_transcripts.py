@@ -187,6 +187,33 @@ def test_at_least_15_kinds_of_bad_input() -> None:
     assert len(kinds) >= 15, sorted(kinds)
 
 
+def test_every_reminder_button_is_handled_from_any_state() -> None:
+    """Each "go:" value of bot/campaigns.yaml, pressed mid-assessment, idle and mid-signup: an answer, never an error."""
+    from flows.engine import TITLES
+
+    campaigns = yaml.safe_load((Path(__file__).resolve().parents[2] / "bot" / "campaigns.yaml").read_text("utf-8"))
+    values = {b["value"] for c in campaigns["campaigns"].values()
+              for b in [*c.get("buttons", []), *c.get("attention_buttons", [])]}
+    values |= {v.replace("{title}", tt) for v in values if "{title}" in v for tt in (*TITLES, "")}
+    values |= {"cmd:trangthai", "cmd:bosung"}  # the commune's decision messages (webhook/admin.py)
+    case = next(c for c in CASES if c["name"].startswith("a reminder's \"Để sau\" in the middle"))
+    now = datetime.fromisoformat("2026-11-10T09:00:00+07:00")
+    for value in sorted(values):
+        for world, state in ((case["world"], ConversationState()),
+                             (case["world"], ConversationState("assess", {"a": {
+                                 "subject": "household:1", "title": "gia_dinh", "year": 2026, "i": 1,
+                                 "mode": "flow", "skipped": []}})),
+                             ({}, ConversationState("name", {"role": "household", "commune": 10999,
+                                                             "prompt": {"text": "?", "buttons": []}}))):
+            view = FakeView(world)
+            result = handle(state, Event("button", value=value), view, now, raise_errors=True)
+            assert result.outputs, value
+            for out in result.outputs:
+                _check_output(out, value)
+            if not world:  # mid-signup: what was typed is kept
+                assert result.state.data.get("commune") == 10999, value
+
+
 def test_household_reaches_submitted_with_photos_in_30_taps() -> None:
     case = next(c for c in CASES if c.get("happy_path"))
     taps = sum(1 for step in case["steps"] if any(k in step for k in USER_KEYS))
@@ -202,5 +229,6 @@ def test_household_reaches_submitted_with_photos_in_30_taps() -> None:
 def test_every_transcript_area_is_covered() -> None:
     files = {c["file"] for c in CASES}
     for needed in ("signup.yaml", "registration.yaml", "assessment.yaml", "photos.yaml", "leader.yaml",
-                   "clan.yaml", "officer.yaml", "always.yaml", "bad_input.yaml"):
+                   "clan.yaml", "officer.yaml", "always.yaml", "bad_input.yaml", "reminders.yaml", "unit.yaml",
+                   "citizen.yaml", "leader_note.yaml"):
         assert needed in files, needed

@@ -1,8 +1,8 @@
 """initial schema
 
-Revision ID: 4528cfb8f7c8
+Revision ID: c227d539c527
 Revises: 
-Create Date: 2026-11-24 08:20:27.110790
+Create Date: 2026-11-24 09:12:24.385666
 """
 
 from collections.abc import Sequence
@@ -12,7 +12,7 @@ import sqlmodel
 from alembic import op
 
 
-revision: str = '4528cfb8f7c8'
+revision: str = 'c227d539c527'
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
@@ -154,11 +154,15 @@ def upgrade() -> None:
     sa.Column('submitted_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('confirmed_by', sa.Integer(), nullable=True),
     sa.Column('confirmed_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('leader_note', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
+    sa.Column('leader_note_by', sa.Integer(), nullable=True),
+    sa.Column('leader_note_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['answered_by'], ['person.id'], ),
     sa.ForeignKeyConstraint(['commune_code'], ['commune.code'], ),
     sa.ForeignKeyConstraint(['confirmed_by'], ['person.id'], ),
+    sa.ForeignKeyConstraint(['leader_note_by'], ['person.id'], ),
     sa.ForeignKeyConstraint(['proxy_by'], ['person.id'], ),
     sa.ForeignKeyConstraint(['village_id'], ['village.id'], ),
     sa.PrimaryKeyConstraint('id'),
