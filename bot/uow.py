@@ -18,10 +18,12 @@ from vietnam_provinces import Province as VnProvince
 from vietnam_provinces import Ward
 
 from bot import media
+from bot.login_links import create_login_link
 from bot.view_db import DbView
 from flows import effects as fx
 from flows.effects import Subject
 from flows.engine import handle
+from flows.i18n import t
 from flows.types import ConversationState, Event, Say
 from models.tables import (
     Assessment,
@@ -33,6 +35,7 @@ from models.tables import (
     Conversation,
     Evidence,
     Household,
+    Officer,
     OutboxMessage,
     Person,
     Province,
@@ -341,6 +344,26 @@ class _Applier:
 
     def _NotifyPerson(self, e: fx.NotifyPerson) -> None:
         self.notifications.append((e.person_id, e.say))
+
+    def _SendLoginLink(self, e: fx.SendLoginLink) -> None:
+        """A one-time sign-in link for an officer with a web account (linked by person, else by phone)."""
+        person = self.session.get(Person, self.person_id) if self.person_id else None
+        base = str(getattr(self.settings, "public_base_url", "") or "")
+        if person is None or not base:
+            return
+        officer = self.session.exec(select(Officer).where(Officer.person_id == person.id, Officer.active)).first()
+        if officer is None and person.phone:
+            officer = self.session.exec(
+                select(Officer).where(Officer.phone == person.phone, Officer.person_id.is_(None), Officer.active)  # type: ignore[union-attr]
+            ).first()
+            if officer is not None:
+                officer.person_id = person.id
+                self.session.add(officer)
+        if officer is None or officer.id is None:
+            return
+        link = create_login_link(self.session, officer.id, base, self.now)
+        self.notifications.append((person.id or 0, Say(t("officer.login_link", url=link))))
+        self.audit("officer.login_link", f"officer:{officer.id}")
 
     def _CreateUnit(self, e: fx.CreateUnit) -> None:
         ensure_commune(self.session, e.commune_code)

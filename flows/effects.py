@@ -182,8 +182,14 @@ class AddClanMember:
     household_id: int
 
 
+@dataclass(frozen=True)
+class SendLoginLink:
+    """An officer asked for the review pages: the host sends a one-time sign-in link when the person has a
+    web account (a link is a credential, so it is made outside the pure flows)."""
+
+
 Effect = (
     ProposeVillage | RegisterPerson | CreateHousehold | CreateUnit | RequestRole | GrantRole | RegisterTitle
     | CancelRegistration | SaveAnswer | AttachEvidence | SubmitAssessment | ConfirmSubmission
-    | QuestionSubmission | NotifyPerson | CreateClan | AddClanMember
+    | QuestionSubmission | NotifyPerson | CreateClan | AddClanMember | SendLoginLink
 )

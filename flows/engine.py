@@ -36,6 +36,7 @@ from flows.effects import (
     RegisterTitle,
     RequestRole,
     SaveAnswer,
+    SendLoginLink,
     Subject,
     SubmitAssessment,
 )
@@ -1862,6 +1863,7 @@ def _review_link(ctx: Ctx) -> None:
         ctx.reask()
         return
     ctx.say(t("officer.review_link", url=ctx.view.public_base_url().rstrip("/")))
+    ctx.emit(SendLoginLink())
     ctx.reask()
 
 

@@ -9,6 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import Session, select
 
+from bot.login_links import create_login_link
 from models.tables import Commune, LoginToken, Officer, OfficerCommune, Province
 from tests.review_seed import PASSWORD, T0, csrf_for, csrf_of, login, make_app, seed
 from webhook import admin, auth
@@ -97,7 +98,7 @@ def test_lock_ends_after_fifteen_minutes(client, engine) -> None:
 
 def _link(engine, officer_id: int, now=T0) -> str:
     with Session(engine) as s:
-        url = auth.create_login_link(s, officer_id, "http://testserver", now)
+        url = create_login_link(s, officer_id, "http://testserver", now)
         s.commit()
     return url.removeprefix("http://testserver")
 

@@ -313,3 +313,50 @@ def test_returned_file_reopens_from_the_decision_button(session: Session) -> Non
     chat.send(Event("button", value="cmd:bosung"))
     assert "⚠️ Hội Khuyến học xã cần bổ sung: \"Thiếu ảnh tủ sách.\"" in chat.said()
     assert session.exec(select(Conversation)).one().state["step"] == "summary"
+
+
+def test_officer_gets_a_one_time_sign_in_link_in_chat(session: Session) -> None:
+    from types import SimpleNamespace
+
+    from webhook import admin, auth
+
+    village = _seed(session)
+    officer, _ = admin.add_officer(session, commune_code=village.commune_code, name="Cán bộ A",
+                                   username="canboa", phone="0912 345 678", password="mat-khau-dai")
+    person = Person(name="Cán bộ A", phone="+84912345678", commune_code=village.commune_code, consent_at=NOW)
+    session.add(person)
+    session.flush()
+    session.add(RoleGrant(person_id=person.id, role="officer", status="granted", commune_code=village.commune_code))
+    session.add(ChatIdentity(channel="telegram", user_id="o1", chat_id="o1", person_id=person.id))
+    session.commit()
+    settings = SimpleNamespace(public_base_url="https://xa.example")
+
+    out = process_event(session, channel="telegram", chat_id="o1", event=Event("command", text="thongke"),
+                        now=NOW, settings=settings, idempotency_base="telegram:o1:1")
+    session.commit()
+    assert any("https://xa.example/review" in s.text for s in out)
+    rows = session.exec(select(OutboxMessage).where(OutboxMessage.chat_id == "o1")).all()
+    links = [r.payload["text"] for r in rows if "/review/login/" in r.payload["text"]]
+    assert len(links) == 1
+    token = links[0].rsplit("/review/login/", 1)[1]
+    assert session.get(type(officer), officer.id).person_id == person.id  # linked by phone
+    assert auth.consume_login_token(session, token, NOW).id == officer.id
+    assert auth.consume_login_token(session, token, NOW) is None  # once only
+
+
+def test_person_without_web_account_gets_no_sign_in_link(session: Session) -> None:
+    from types import SimpleNamespace
+
+    village = _seed(session)
+    person = Person(name="Cán bộ B", phone="+84987654321", commune_code=village.commune_code, consent_at=NOW)
+    session.add(person)
+    session.flush()
+    session.add(RoleGrant(person_id=person.id, role="officer", status="granted", commune_code=village.commune_code))
+    session.add(ChatIdentity(channel="telegram", user_id="o2", chat_id="o2", person_id=person.id))
+    session.commit()
+    process_event(session, channel="telegram", chat_id="o2", event=Event("command", text="thongke"), now=NOW,
+                  settings=SimpleNamespace(public_base_url="https://xa.example"), idempotency_base="telegram:o2:1")
+    session.commit()
+    texts = [r.payload["text"] for r in session.exec(select(OutboxMessage)).all()]
+    assert any("https://xa.example/review" in x for x in texts)
+    assert not any("/review/login/" in x for x in texts)

@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
+from flows.answers import normalize_phone
 from flows.criteria import CriteriaSet, Criterion, ScoreResult, format_number, load_sets, score
 from flows.i18n import t
 from models.db import make_engine, session_scope
@@ -150,6 +151,11 @@ def add_officer(
     username = username.strip().lower()
     if not username:
         raise ReviewError("Cần tên đăng nhập.")
+    if phone:  # stored like the bot stores people's numbers (+84...), so the bot can link the two
+        normalised = normalize_phone(phone)
+        if normalised is None:
+            raise ReviewError("Số điện thoại không hợp lệ.")
+        phone = normalised
     officer = session.exec(select(Officer).where(Officer.username == username)).first()
     if officer is None:
         officer = Officer(username=username, name=name.strip(), phone=phone or None)
@@ -188,7 +194,7 @@ def officer_add_command(settings: Settings, args: argparse.Namespace) -> int:
             )
             link = None
             if settings.public_base_url:
-                from webhook.auth import create_login_link
+                from bot.login_links import create_login_link
 
                 assert officer.id is not None
                 link = create_login_link(session, officer.id, settings.public_base_url)

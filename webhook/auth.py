@@ -17,13 +17,13 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from sqlalchemy import func
 from sqlmodel import Session, select
 
+from bot.login_links import sha256_hex
 from models.settings import Settings
 from models.tables import AuditLog, LoginToken, Officer, OfficerCommune
 
 SESSION_COOKIE = "hoctap_session"
 CSRF_COOKIE = "hoctap_csrf"
 SESSION_MAX_AGE = 12 * 3600  # a working day; the officer signs in again the next morning
-LINK_TTL = timedelta(minutes=15)
 FAIL_LIMIT = 5
 FAIL_WINDOW = timedelta(minutes=15)
 
@@ -66,10 +66,6 @@ def _app_secret(request: Request) -> str:
         cached = secret_key(request.app.state.settings)
         request.app.state.secret_key = cached
     return str(cached)
-
-
-def sha256_hex(value: str) -> str:
-    return hashlib.sha256(value.encode("utf-8")).hexdigest()
 
 
 # ------------------------------------------------------------------------------------------------ passwords
@@ -119,15 +115,6 @@ def record_failure(session: Session, username: str, ip: str, now: datetime) -> N
 
 
 # ------------------------------------------------------------------------------------------------ one-time links
-
-
-def create_login_link(session: Session, officer_id: int, base_url: str, now: datetime | None = None) -> str:
-    """A one-time sign-in link valid for 15 minutes; only its hash is stored. The caller commits."""
-    now = now or utcnow()
-    token = secrets.token_urlsafe(32)
-    session.add(LoginToken(officer_id=officer_id, token_hash=sha256_hex(token), expires_at=now + LINK_TTL))
-    session.flush()
-    return f"{base_url.rstrip('/')}/review/login/{token}"
 
 
 def consume_login_token(session: Session, token: str, now: datetime) -> Officer | None:

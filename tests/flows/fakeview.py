@@ -239,6 +239,8 @@ class FakeView:
                                "head_person": self.me_id, "members": []}
         elif isinstance(effect, fx.AddClanMember):
             self.clans[effect.clan_id]["members"].append(effect.household_id)
+        elif isinstance(effect, fx.SendLoginLink):
+            pass  # a credential made by the host (bot/uow.py); nothing for the flows to remember
         else:  # pragma: no cover - a new effect type needs a line here
             raise AssertionError(f"FakeView cannot apply {effect!r}")
 
