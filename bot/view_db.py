@@ -24,6 +24,7 @@ from flows.view import (
 )
 from models.tables import (
     Assessment,
+    ChannelCredential,
     ChatIdentity,
     Clan,
     ClanMember,
@@ -283,5 +284,12 @@ class DbView:
         return str(getattr(self.settings, "public_base_url", "") or "").rstrip("/")
 
     def invite_link(self, invite_code: str) -> str:
+        """A t.me deep link on Telegram (the bot's username is kept by bot/telegram.py), else the simulator."""
+        code = invite_code.removeprefix("v_")
+        if self.identity.channel == "telegram":
+            cred = self.session.exec(select(ChannelCredential).where(ChannelCredential.channel == "telegram")).first()
+            username = (cred.data or {}).get("username") if cred else None
+            if username:
+                return f"https://t.me/{username}?start=v_{code}"
         base = self.public_base_url()
-        return f"{base}/simulator?start=v_{invite_code.removeprefix('v_')}" if base else ""
+        return f"{base}/simulator?start=v_{code}" if base else ""

@@ -360,3 +360,23 @@ def test_person_without_web_account_gets_no_sign_in_link(session: Session) -> No
     texts = [r.payload["text"] for r in session.exec(select(OutboxMessage)).all()]
     assert any("https://xa.example/review" in x for x in texts)
     assert not any("/review/login/" in x for x in texts)
+
+
+def test_village_invite_link_is_a_telegram_deep_link_when_the_bot_username_is_known(session: Session) -> None:
+    from types import SimpleNamespace
+
+    from models.tables import ChannelCredential
+
+    village = _seed(session)
+    person = Person(name="Trưởng thôn", commune_code=village.commune_code, village_id=village.id, consent_at=NOW)
+    session.add(person)
+    session.flush()
+    session.add(RoleGrant(person_id=person.id, role="village_leader", status="granted",
+                          commune_code=village.commune_code, village_id=village.id))
+    session.add(ChatIdentity(channel="telegram", user_id="l1", chat_id="l1", person_id=person.id))
+    session.add(ChannelCredential(channel="telegram", data={"username": "hoctap_gialoc_bot"}))
+    session.commit()
+    out = process_event(session, channel="telegram", chat_id="l1", event=Event("button", value="go:invite"),
+                        now=NOW, settings=SimpleNamespace(public_base_url=""), idempotency_base="telegram:l1:1")
+    text = "\n".join(s.text for s in out)
+    assert f"https://t.me/hoctap_gialoc_bot?start=v_{village.invite_code.removeprefix('v_')}" in text
