@@ -53,8 +53,11 @@ def store_photo(data: bytes, *, media_dir: Path, max_bytes: int, max_pixels: int
         return checked
     image, fmt = checked
     try:
-        taken_at = _taken_at(image)
-        oriented = ImageOps.exif_transpose(image)
+        # cheap phones write broken EXIF; Pillow warns ("Corrupt EXIF data") and goes on: so do we, quietly
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            taken_at = _taken_at(image)
+            oriented = ImageOps.exif_transpose(image)
         if fmt in _KEEP:
             stored, ext = data, _KEEP[fmt]
         else:
@@ -96,6 +99,7 @@ def _check(data: bytes, *, max_pixels: int) -> tuple[Image.Image, str] | str:
         # Pillow warns above Image.MAX_IMAGE_PIXELS and raises above twice that, at open time; our own
         # (usually lower) limit is checked on the header before anything is decoded.
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "Corrupt EXIF data": the image itself may be fine
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as probe:
                 fmt = probe.format or ""

@@ -91,8 +91,22 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 # --- configuration --------------------------------------------------------------------------------------
 
 
+def quiet_ptb_logs() -> None:
+    """Keep python-telegram-bot's DEBUG records out of every log, whatever the root level.
+
+    At DEBUG, PTB logs the Bot API URL (it holds the token), every call's parameters (message texts,
+    names, the webhook secret) and every answer (the updates people sent). Nghị định 13/2023: none of that
+    may reach a log file, even when an operator turns on DEBUG to chase something else.
+    """
+    for name in ("telegram", "telegram.Bot", "telegram.request", "telegram.ext"):
+        logger = logging.getLogger(name)
+        if logger.getEffectiveLevel() < logging.INFO or logger.level == logging.NOTSET:
+            logger.setLevel(logging.INFO)
+
+
 def make_bot(settings: Settings, *, poll_timeout: int = 25) -> Bot:
     """A Bot against settings.telegram_api_base_url (the public API, a local Bot API server or a fake)."""
+    quiet_ptb_logs()
     # PTB 22 warns (PTBDeprecationWarning) whenever a duration such as RetryAfter.retry_after is read as
     # an int; opting into its timedelta mode silences that and is what PTB 23 will do anyway.
     os.environ.setdefault("PTB_TIMEDELTA", "true")
@@ -346,13 +360,13 @@ class TelegramChannel:
             return Inbound()  # edited messages, channel posts...: not ours to answer
         chat_id = str(message.chat.id)
         sender = message.from_user
-        who = {"user_id": str(sender.id), "display_name": sender.full_name} if sender else {}
+        who = {"user_id": str(sender.id), "display_name": clean(sender.full_name)} if sender else {}
         if message.chat.type != "private":
             if message.text and message.text.startswith("/"):
                 return Inbound(chat_id=chat_id, replies=(Say(t("channel.group_not_supported")),))
             return Inbound()
         if message.text is not None:
-            return Inbound(chat_id=chat_id, event=_text_event(message.text), **who)
+            return Inbound(chat_id=chat_id, event=_text_event(clean(message.text)), **who)
         if message.photo:
             largest = max(message.photo, key=lambda p: (p.width * p.height, p.file_size or 0))
             return await self._photo(chat_id, largest.file_id, largest.file_size, who)
@@ -369,7 +383,7 @@ class TelegramChannel:
                     chat_id=chat_id, replies=(Say(t("channel.contact_not_own"), request_contact=True),)
                 )
             return Inbound(
-                chat_id=chat_id, event=Event(kind="contact", text=message.contact.phone_number), **who
+                chat_id=chat_id, event=Event(kind="contact", text=clean(message.contact.phone_number)), **who
             )
         for kind in UNSUPPORTED_KINDS:
             if getattr(message, kind, None):
@@ -384,14 +398,14 @@ class TelegramChannel:
         chat_id = str(message.chat.id) if message is not None else str(query.from_user.id)
         if message is not None and message.chat.type != "private":
             return Inbound()
-        who = {"user_id": str(query.from_user.id), "display_name": query.from_user.full_name}
-        data = query.data or ""
+        who = {"user_id": str(query.from_user.id), "display_name": clean(query.from_user.full_name)}
+        data = clean(query.data)
         label = ""
         if isinstance(message, Message) and isinstance(message.reply_markup, InlineKeyboardMarkup):
             for row in message.reply_markup.inline_keyboard:
                 for button in row:
                     if button.callback_data == data:
-                        label = button.text
+                        label = clean(button.text)
         value = data
         if data.startswith(HASH_PREFIX):
             message_id = message.message_id if message is not None else None
@@ -441,6 +455,18 @@ class TelegramChannel:
         if isinstance(stored, str):
             return Inbound(chat_id=chat_id, replies=(Say(t(stored)),))
         return Inbound(chat_id=chat_id, event=Event(kind="photo", photo=stored.ref), **who)
+
+
+_CONTROLS = {c: None for c in range(32) if c not in (9, 10)} | {127: None}
+
+
+def clean(text: str | None) -> str:
+    """Text as the flows and the database may hold it: no NUL or other control characters.
+
+    PostgreSQL refuses NUL in text columns (the whole unit of work would fail, and the update with it);
+    other C0 controls have no business in a name or an answer either. Tab and newline are kept.
+    """
+    return (text or "").translate(_CONTROLS)
 
 
 def _text_event(text: str) -> Event:

@@ -107,6 +107,12 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     return export_command(settings, args)
 
 
+def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
+    from webhook.backup import backup_command
+
+    return backup_command(settings, args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hoctap", description="hoctap — Gia đình học tập bots and review")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -168,6 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--year", type=int, required=True)
     p.add_argument("--out", default=".")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("backup", help="back up the database (SQLite online backup; pg_dump guidance for PostgreSQL)")
+    p.add_argument("--out", help="backup file (default: <database>.backup.db next to it)")
+    p.add_argument("--restore", metavar="FILE", help="put this SQLite backup in place of the database (stop serve first)")
+    p.set_defaults(func=cmd_backup)
     return parser
 
 
