@@ -92,3 +92,11 @@ def test_api_is_documented(api) -> None:
         assert path in schema["paths"]
     assert not any(p.startswith("/review") for p in schema["paths"])
     assert client.get("/docs").status_code == 200
+
+
+def test_api_queue_states_match_the_review_queue() -> None:
+    from typing import get_args
+
+    from webhook import admin, api
+
+    assert set(get_args(api.QueueState)) == set(admin.QUEUE_STATES)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Request
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request
 from pydantic import BaseModel, Field
 from sqlmodel import Session, col, select
 
@@ -16,6 +16,13 @@ from webhook import admin, auth
 from webhook.admin import ReviewError
 
 router = APIRouter(prefix="/api/v1", tags=["review"])
+
+# Ids and official codes are far below 2^31; bounding them answers 422 instead of an overflow in the driver.
+MAX_ID = 2**31 - 1
+IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
+IdQuery = Annotated[int | None, Query(ge=1, le=MAX_ID)]
+YearQuery = Annotated[int | None, Query(ge=2000, le=2100)]
+QueueState = Literal["pending", "returned", "recognised", "rejected", "all"]
 
 
 def get_db(request: Request) -> Iterator[Session]:
@@ -70,7 +77,7 @@ def me(ctx: Ctx) -> dict[str, Any]:
 
 
 @router.get("/communes/{code}/dashboard")
-def commune_dashboard(code: int, session: DB, ctx: Ctx, year: int | None = None) -> dict[str, Any]:
+def commune_dashboard(code: IdPath, session: DB, ctx: Ctx, year: YearQuery = None) -> dict[str, Any]:
     """Per title and per village: registered, submitted, proposed to pass, recognised; share vs target."""
     commune = session.get(Commune, code)
     if commune is None or not ctx.allows(code):
@@ -79,7 +86,7 @@ def commune_dashboard(code: int, session: DB, ctx: Ctx, year: int | None = None)
 
 
 @router.get("/communes/{code}/villages")
-def commune_villages(code: int, session: DB, ctx: Ctx) -> list[dict[str, Any]]:
+def commune_villages(code: IdPath, session: DB, ctx: Ctx) -> list[dict[str, Any]]:
     """The commune's villages with their invitation codes."""
     if session.get(Commune, code) is None or not ctx.allows(code):
         raise auth.not_found()
@@ -89,27 +96,25 @@ def commune_villages(code: int, session: DB, ctx: Ctx) -> list[dict[str, Any]]:
 
 @router.get("/assessments")
 def list_assessments(
-    session: DB, ctx: Ctx, year: int | None = None, title: str = "", state: str = "pending",
-    commune: int | None = None, village: int | None = None,
+    session: DB, ctx: Ctx, year: YearQuery = None, title: str = "", state: QueueState = "pending",
+    commune: IdQuery = None, village: IdQuery = None,
 ) -> list[dict[str, Any]]:
     """Submissions of the officer's communes; state: pending | returned | recognised | rejected | all."""
     if commune is not None and not ctx.allows(commune):
         raise auth.not_found()
     communes = (commune,) if commune is not None else ctx.communes
-    if state not in admin.QUEUE_STATES:
-        raise HTTPException(status_code=422, detail=f"state must be one of {', '.join(admin.QUEUE_STATES)}")
     year = year or admin.default_year(session, communes)
     return [i.to_json() for i in admin.queue(session, communes, year=year, title=title, village_id=village, state=state)]
 
 
 @router.get("/assessments/{assessment_id}")
-def get_assessment(assessment_id: int, session: DB, ctx: Ctx) -> dict[str, Any]:
+def get_assessment(assessment_id: IdPath, session: DB, ctx: Ctx) -> dict[str, Any]:
     """One submission: answers in words, points per criterion, proposal, who entered it, decisions."""
     return admin.submission_view(session, _scoped(session, ctx, assessment_id)).to_json()
 
 
 @router.post("/assessments/{assessment_id}/decisions", status_code=201)
-def post_decision(assessment_id: int, body: DecisionIn, session: DB, ctx: Ctx) -> DecisionOut:
+def post_decision(assessment_id: IdPath, body: DecisionIn, session: DB, ctx: Ctx) -> DecisionOut:
     """Recognise, return (reason required) or reject (reason required); the family hears it in chat."""
     assessment = _scoped(session, ctx, assessment_id)
     try:
