@@ -232,7 +232,7 @@ def test_village_qr_print_page(env) -> None:
 def test_certificates(env) -> None:
     client, a, _ = env
     page = text_of(client.get(f"/review/assessments/{a.assessments['recognised']}/certificate").text)
-    assert "GIẤY CHỨNG NHẬN" in page and "“GIA ĐÌNH HỌC TẬP” NĂM 2027" in page and "Vũ Văn Em" in page
+    assert "GIẤY CÔNG NHẬN" in page and "“GIA ĐÌNH HỌC TẬP” NĂM 2027" in page and "Vũ Văn Em" in page
     page = client.get("/review/print/certificates?year=2027").text
     assert page.count('class="a4 landscape certificate"') == 1
 

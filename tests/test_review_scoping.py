@@ -120,7 +120,7 @@ def test_the_same_routes_answer_for_commune_a(world) -> None:
             url = path.format(**{n: ids[n] for n in params})
             headers = {"Authorization": f"Bearer {token}"} if path.startswith("/api/v1") else {}
             resp = client.get(url, headers=headers)
-            if path.endswith("/certificate"):
+            if path.endswith(("/certificate", "/certificate.pdf")):
                 assert resp.status_code == 404  # "submitted" is not recognised: no certificate yet
                 continue
             assert resp.status_code == 200, f"GET {url} answered {resp.status_code}"

@@ -5,6 +5,7 @@ printables, campaigns. Server-rendered Jinja2; every resource is looked up withi
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -14,14 +15,27 @@ from zoneinfo import ZoneInfo
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from sqlalchemy import case, func
 from sqlmodel import Session, col, select
 
+from bot.campaigns import Campaign, CampaignConfig, CampaignError, next_fire
+from bot.scheduler import settings_config
 from flows.criteria import format_number
-from models.tables import Assessment, CampaignRun, Commune, Evidence, Officer, RoleGrant, Village
+from models.tables import (
+    Assessment,
+    CampaignRun,
+    Commune,
+    Evidence,
+    Officer,
+    OutboxMessage,
+    Person,
+    RoleGrant,
+    Village,
+)
 from webhook import admin, auth
 from webhook.admin import ReviewError
 from webhook.exports import export_filename, export_workbook
-from webhook.printables import invite_link, qr_svg
+from webhook.printables import ISSUERS, certificate_data, certificates_pdf, invite_link, qr_svg
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 VN = ZoneInfo("Asia/Ho_Chi_Minh")
@@ -301,37 +315,82 @@ def decide(
     return RedirectResponse(f"/review/assessments/{assessment_id}?done={decision}", status_code=303)
 
 
-@router.get("/assessments/{assessment_id}/certificate", response_class=HTMLResponse)
-def certificate_page(request: Request, assessment_id: int, session: DB, ctx: Ctx) -> HTMLResponse:
+def _recognised(session: Session, ctx: auth.OfficerContext, assessment_id: int) -> Assessment:
+    """A recognised assessment of the officer's communes; anything else has no certificate (404)."""
     assessment = scoped_assessment(session, ctx, assessment_id)
     if assessment.status != "recognised":
         raise auth.not_found()
-    return _certificates(request, session, ctx, [assessment])
+    return assessment
 
 
-def _certificates(request: Request, session: Session, ctx: auth.OfficerContext,
-                  rows: list[Assessment]) -> HTMLResponse:
+def _pdf(data: bytes, filename: str) -> Response:
+    return Response(data, media_type="application/pdf",
+                    headers={"Content-Disposition": f'inline; filename="{filename}"', "Cache-Control": "private"})
+
+
+@router.get("/assessments/{assessment_id}/certificate", response_class=HTMLResponse)
+def certificate_page(request: Request, assessment_id: int, session: DB, ctx: Ctx,
+                     issuer: str = "ubnd") -> HTMLResponse:
+    assessment = _recognised(session, ctx, assessment_id)
+    return _certificates(request, session, ctx, [assessment], issuer,
+                         pdf_url=f"/review/assessments/{assessment_id}/certificate.pdf?issuer={quote(issuer)}")
+
+
+@router.get("/assessments/{assessment_id}/certificate.pdf")
+def certificate_pdf(assessment_id: int, session: DB, ctx: Ctx, issuer: str = "ubnd") -> Response:
+    assessment = _recognised(session, ctx, assessment_id)
+    data = certificates_pdf(certificate_data(session, [assessment], issuer=issuer))
+    return _pdf(data, f"giay-cong-nhan-{assessment.year}-{assessment_id}.pdf")
+
+
+def _certificates(request: Request, session: Session, ctx: auth.OfficerContext, rows: list[Assessment],
+                  issuer: str, *, pdf_url: str) -> HTMLResponse:
+    certs = certificate_data(session, rows, issuer=issuer)
+    return render(request, "review/certificates.html", {"certs": certs, "ctx": ctx, "pdf_url": pdf_url,
+                                                        "issuers": ISSUERS})
+
+
+def _recognised_rows(request: Request, session: Session, ctx: auth.OfficerContext, year: int | None,
+                     commune: int | None, title: str, village: str) -> tuple[list[Assessment], int, str]:
+    """Recognised assessments of one commune and year (title and village optional), by title, village and name."""
+    chosen = pick_commune(session, ctx, commune)
+    year = _year(session, ctx, year, request)
+    q = select(Assessment).where(Assessment.commune_code == chosen.code, Assessment.year == year,
+                                 Assessment.status == "recognised")
+    if title in admin.TITLES:
+        q = q.where(Assessment.title == title)
+    if village.isdigit():
+        q = q.where(Assessment.village_id == scoped_village(session, ctx, int(village)).id)
+    rows = list(session.exec(q.order_by(col(Assessment.id))))
     infos = admin.subject_infos(session, {(a.subject_type, a.subject_id) for a in rows})
-    vnames = admin.village_names(session, ctx.communes)
-    communes = {c.code: c for c in session.exec(select(Commune).where(col(Commune.code).in_(list(ctx.communes))))}
-    certs = []
-    for a in rows:
-        info = infos[(a.subject_type, a.subject_id)]
-        certs.append({"name": info.name, "title": admin.title_name(a.title), "year": a.year,
-                      "village": vnames.get(a.village_id or info.village_id or 0, ""),
-                      "commune": communes[a.commune_code].name})
-    return render(request, "review/certificates.html", {"certs": certs, "ctx": ctx})
+    vnames = admin.village_names(session, (chosen.code,))
+    order = {t: i for i, t in enumerate(admin.TITLES)}
+
+    def key(a: Assessment) -> tuple[int, str, str]:
+        info = infos.get((a.subject_type, a.subject_id))
+        return (order.get(a.title, 99), vnames.get(a.village_id or 0, "~"), info.name if info else "")
+
+    rows.sort(key=key)
+    query = f"year={year}&commune={chosen.code}" + (f"&title={title}" if title in admin.TITLES else "") + (
+        f"&village={village}" if village.isdigit() else "")
+    return rows, year, query
 
 
 @router.get("/print/certificates", response_class=HTMLResponse)
 def certificates_page(request: Request, session: DB, ctx: Ctx, year: int | None = None, commune: int | None = None,
-                      title: str = "gia_dinh") -> HTMLResponse:
-    chosen = pick_commune(session, ctx, commune)
-    year = _year(session, ctx, year, request)
-    rows = list(session.exec(select(Assessment).where(Assessment.commune_code == chosen.code, Assessment.year == year,
-                                                      Assessment.title == title, Assessment.status == "recognised")
-                             .order_by(col(Assessment.id))))
-    return _certificates(request, session, ctx, rows)
+                      title: str = "", village: Annotated[str, Query()] = "", issuer: str = "ubnd") -> HTMLResponse:
+    rows, _, query = _recognised_rows(request, session, ctx, year, commune, title, village)
+    return _certificates(request, session, ctx, rows, issuer,
+                         pdf_url=f"/review/print/certificates.pdf?{query}&issuer={quote(issuer)}")
+
+
+@router.get("/print/certificates.pdf")
+def certificates_pdf_route(request: Request, session: DB, ctx: Ctx, year: int | None = None,
+                           commune: int | None = None, title: str = "", village: Annotated[str, Query()] = "",
+                           issuer: str = "ubnd") -> Response:
+    rows, year, _ = _recognised_rows(request, session, ctx, year, commune, title, village)
+    name = f"giay-cong-nhan-{year}" + (f"-{title.replace('_', '-')}" if title in admin.TITLES else "") + ".pdf"
+    return _pdf(certificates_pdf(certificate_data(session, rows, issuer=issuer)), name)
 
 
 # ------------------------------------------------------------------------------------------------ photos
@@ -488,15 +547,125 @@ def export_xlsx(request: Request, session: DB, ctx: Ctx, year: int | None = None
 # ------------------------------------------------------------------------------------------------ campaigns
 
 
+# Officer-facing names; a campaign added in a YAML override falls back to its own `name`.
+CAMPAIGN_LABELS = {
+    "registration": "Kêu gọi đăng ký (tháng 1)", "registration_followup": "Nhắc đăng ký lần 2",
+    "assessment": "Kêu gọi tự đánh giá (tháng 11)", "assessment_followup": "Nhắc người chưa gửi",
+    "village_digest": "Tin tóm tắt cho trưởng thôn", "officer_digest": "Tin tóm tắt cho cán bộ xã",
+}
+AUDIENCE_LABELS = {
+    "people": "Mọi hộ, dòng họ, trưởng thôn đã tham gia bot",
+    "not_registered": "Người chưa đăng ký phấn đấu năm nay",
+    "registered": "Người đã đăng ký phấn đấu năm nay",
+    "not_submitted": "Người đã đăng ký nhưng chưa gửi tự đánh giá",
+    "village_leaders": "Trưởng thôn còn hộ chưa gửi",
+    "officers": "Cán bộ xã",
+}
+# outbox status -> column of the delivery table ("sending" is still waiting to be sent)
+DELIVERY_COLUMNS = {"queued": "queued", "sending": "queued", "sent": "sent", "unreachable": "unreachable",
+                    "failed": "failed"}
+
+
+@dataclass(frozen=True)
+class CampaignLine:
+    id: str
+    label: str
+    name: str
+    schedule: str
+    audience: str
+    enabled: bool
+    next_run: datetime | None  # aware, None when disabled
+
+
+@dataclass
+class Delivery:
+    campaign: str
+    year: int
+    queued: int = 0
+    sent: int = 0
+    unreachable: int = 0
+    failed: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.queued + self.sent + self.unreachable + self.failed
+
+
+def campaign_label(campaign_id: str, config: CampaignConfig | None = None) -> str:
+    if campaign_id in CAMPAIGN_LABELS:
+        return CAMPAIGN_LABELS[campaign_id]
+    if config is not None and campaign_id in config.campaigns:
+        return config.campaigns[campaign_id].name
+    return campaign_id
+
+
+def _day_list(days: str) -> str:
+    items = days.split(",")
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " và " + items[-1]
+
+
+def schedule_words(campaign: Campaign) -> str:
+    """ "0 8 5 1 *" → "8:00 ngày 5 tháng 1 hằng năm"; several crons joined; anything fancier stays a cron."""
+    parts = []
+    for cron in campaign.crons:
+        fields = cron.split()
+        if (len(fields) == 5 and fields[0].isdigit() and fields[1].isdigit() and fields[4] == "*"
+                and all(x.isdigit() for x in fields[2].split(",")) and fields[3].isdigit()):
+            minute, hour, days, month, _ = fields
+            parts.append(f"{int(hour)}:{int(minute):02d} ngày {_day_list(days)} tháng {int(month)}")
+        else:
+            parts.append(f"theo lịch “{cron}”")
+    return " và ".join(parts) + " hằng năm"
+
+
+def campaign_lines(config: CampaignConfig, now: datetime) -> list[CampaignLine]:
+    """Each campaign with its schedule in words and its next run after ``now`` (the same next_fire as
+    `hoctap remind --list`); callers pass the wall clock, tests a fixed time."""
+    return [CampaignLine(id=c.id, label=campaign_label(c.id, config), name=c.name, schedule=schedule_words(c),
+                         audience=AUDIENCE_LABELS.get(c.audience, c.audience), enabled=c.enabled,
+                         next_run=next_fire(c, now) if c.enabled else None)
+            for c in config.campaigns.values()]
+
+
+def delivery_counts(session: Session, commune_code: int) -> list[Delivery]:
+    """Reminder messages to people of one commune, per campaign and year, by delivery state. The year is read
+    from the idempotency key ("<campaign>[@MM-DD]:<year>:<person>:<identity>…", bot/scheduler.py)."""
+    key, name = col(OutboxMessage.idempotency_key), col(OutboxMessage.campaign)
+    start = func.length(name) + 1
+    year = case((func.substr(key, start, 1) == "@", func.substr(key, start + 7, 4)),
+                else_=func.substr(key, start + 1, 4)).label("year")
+    q = (select(name, year, col(OutboxMessage.status), func.count())
+         .join(Person, col(Person.id) == col(OutboxMessage.person_id))
+         .where(Person.commune_code == commune_code, name.is_not(None))
+         .group_by(name, year, col(OutboxMessage.status)))
+    rows: dict[tuple[str, int], Delivery] = {}
+    for campaign, year_text, status, n in session.execute(q):
+        if not str(year_text or "").isdigit() or status not in DELIVERY_COLUMNS:
+            continue
+        item = rows.setdefault((campaign, int(year_text)), Delivery(campaign, int(year_text)))
+        column = DELIVERY_COLUMNS[status]
+        setattr(item, column, getattr(item, column) + int(n))
+    return sorted(rows.values(), key=lambda d: (-d.year, d.campaign))
+
+
 @router.get("/campaigns", response_class=HTMLResponse)
 def campaigns_page(request: Request, session: DB, ctx: Ctx, commune: int | None = None) -> HTMLResponse:
     chosen = pick_commune(session, ctx, commune)
+    error = ""
+    try:
+        config: CampaignConfig | None = settings_config(request.app.state.settings)
+    except CampaignError as exc:
+        config, error = None, str(exc)
+    lines = campaign_lines(config, auth.request_now(request)) if config else []
     runs = list(session.exec(select(CampaignRun).where(
-        (col(CampaignRun.commune_code) == chosen.code) | col(CampaignRun.commune_code).is_(None))
-        .order_by(col(CampaignRun.started_at).desc()).limit(200)))
+        (col(CampaignRun.commune_code) == chosen.code) | col(CampaignRun.commune_code).is_(None),
+        col(CampaignRun.dry_run).is_(False))
+        .order_by(col(CampaignRun.started_at).desc(), col(CampaignRun.id).desc()).limit(200)))
     year = _year(session, ctx, None, request)
-    return render(request, "review/campaigns.html", {**_base(request, session, ctx, chosen, year, "campaigns"),
-                                                     "runs": runs})
+    return render(request, "review/campaigns.html", {
+        **_base(request, session, ctx, chosen, year, "campaigns"), "lines": lines, "runs": runs,
+        "deliveries": delivery_counts(session, chosen.code), "error": error,
+        "label": lambda cid: campaign_label(cid, config)})
 
 
 # ------------------------------------------------------------------------------------------------ account
