@@ -18,16 +18,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import text
+from sqlalchemy import bindparam, text, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from bot.outbox import PRIORITY_REPLY, enqueue, insert_ignore, utcnow, write_lock
+from bot.outbox import PRIORITY_REPLY, GroupCommit, enqueue, insert_ignore, utcnow, write_lock
 from flows.types import Event, Say
 from models.settings import Settings
 from models.tables import ChatIdentity, InboxUpdate, Person
@@ -53,6 +56,66 @@ def store_update(
         },
         conflict=["channel", "update_id"],
     )
+
+
+def store_updates(session: Session, rows: list[tuple[str, str | int, str, dict[str, Any]]]) -> list[bool]:
+    """``store_update`` for many (channel, update_id, chat_key, payload) in ONE statement; does not commit.
+
+    Returns, per row, True when it was new (a repeat inside ``rows`` is not new)."""
+    if not rows:
+        return []
+    now = utcnow()
+    values = {
+        (channel, str(update_id)): {
+            "channel": channel,
+            "update_id": str(update_id),
+            "chat_key": str(key),
+            "payload": payload,
+            "status": "pending",
+            "attempts": 0,
+            "received_at": now,
+        }
+        for channel, update_id, key, payload in rows
+    }
+    dialect = session.get_bind().dialect.name
+    insert_of = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    table = InboxUpdate.__table__  # type: ignore[attr-defined]
+    stmt = (
+        insert_of(table)
+        .values(list(values.values()))
+        .on_conflict_do_nothing(index_elements=["channel", "update_id"])
+        .returning(table.c.channel, table.c.update_id)
+    )
+    inserted = {(channel, update_id) for channel, update_id in session.execute(stmt).all()}
+    out = []
+    for channel, update_id, _key, _payload in rows:
+        key = (channel, str(update_id))
+        out.append(key in inserted)
+        inserted.discard(key)
+    return out
+
+
+def _flush_updates(engine: Engine, rows: list[tuple[str, str | int, str, dict[str, Any]]]) -> list[bool]:
+    with write_lock(engine), Session(engine) as session:
+        new = store_updates(session, rows)
+        session.commit()
+    return new
+
+
+_WRITERS: weakref.WeakKeyDictionary[Engine, GroupCommit[tuple[str, str | int, str, dict[str, Any]], bool]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def inbox_writer(engine: Engine) -> GroupCommit[tuple[str, str | int, str, dict[str, Any]], bool]:
+    """The engine's group-committing inbox writer for webhook routes: ``await inbox_writer(engine).submit(
+    (channel, update_id, chat_key, payload))`` returns True when new, after the row is committed. Concurrent
+    webhook calls share one INSERT and one commit; on SQLite it takes its turn on the process's write lock
+    rather than sleeping in SQLite's busy handler."""
+    writer = _WRITERS.get(engine)
+    if writer is None:
+        writer = _WRITERS[engine] = GroupCommit(lambda rows: _flush_updates(engine, rows), max_batch=200)
+    return writer
 
 
 @dataclass(frozen=True)
@@ -112,6 +175,8 @@ class _Pending:
     update_id: str
     payload: dict[str, Any]
     attempts: int
+    channel: str = ""
+    chat_key: str = ""
 
 
 @dataclass
@@ -124,7 +189,12 @@ class InboxWorker:
     process: ProcessEvent | None = None
     now: Callable[[], datetime] = utcnow
     on_outbox: Callable[[str], None] | None = None  # called with the channel after replies were queued
-    concurrency: int = 8
+    concurrency: int = 8  # normalisers (downloads, callback answers) running at once
+    batch_size: int = 64  # rows (one per chat) committed in one transaction, at most
+    # ...and about this long: a transaction holds SQLite's single write lock (webhook inserts wait for it)
+    # and the batch's replies wait for its commit, so the batch shrinks when rows are slow
+    batch_seconds: float = 0.05
+    pipeline: bool = True  # read and normalise the next batch while the current one commits
     max_attempts: int = 5
     poll_seconds: float = 5.0
     backoff: Callable[[int], float] = lambda attempts: min(2.0**attempts, 60.0)  # seconds, per chat
@@ -133,6 +203,7 @@ class InboxWorker:
         self._wake = asyncio.Event()
         self._stopping = False
         self._retry_at: dict[tuple[str, str], float] = {}  # (channel, chat) → loop time of the next try
+        self._row_seconds = 0.002  # moving average of one row's share of a batch transaction
 
     def add_channel(self, name: str, normalise: Normaliser, *, ordered_ids: bool = False) -> None:
         self.channels[name] = InboxChannel(normalise, ordered_ids)
@@ -159,159 +230,268 @@ class InboxWorker:
                 await asyncio.wait_for(self._wake.wait(), timeout=self.poll_seconds)
 
     async def run_once(self) -> int:
-        """Process every pending row (new rows arriving meanwhile included); returns how many were handled."""
-        chats = await asyncio.to_thread(self._pending_chats)
-        if not chats:
-            return 0
+        """Process every pending row (new rows arriving meanwhile included); returns how many were handled.
+
+        Rows go in batches: the head row (next in order) of up to ``batch_size`` chats is normalised
+        concurrently (network work, outside any transaction), then the batch is committed in ONE
+        transaction: one commit, one write-lock turn and one outbox wake-up for many updates instead of one
+        each. A row that raises rolls the batch back, and the batch is redone row by row (one transaction
+        each, as before) so that only the failing row is counted and backed off. A chat whose head row
+        failed is not tried again in this pass; its later rows wait behind it.
+        """
+        handled = 0
+        skip: set[tuple[str, str]] = set()  # chats whose head failed (or is locked elsewhere) in this pass
         limit = asyncio.Semaphore(self.concurrency)
+        committing: asyncio.Task[int] | None = None
+        inflight: set[tuple[str, str]] = set()
+        try:
+            while not self._stopping:
+                # pipelined: the next batch is read and normalised (network) while this one commits (thread)
+                now = asyncio.get_running_loop().time()
+                waiting = {key for key, at in self._retry_at.items() if at > now}
+                size = max(1, min(self.batch_size, int(self.batch_seconds / max(self._row_seconds, 1e-6))))
+                ready = await self._prepare(skip | waiting | inflight, size, limit, skip)
+                committed = committing is not None
+                if committing is not None:
+                    handled += await committing
+                    committing, inflight = None, set()
+                if not ready:
+                    if ready is None and not committed:
+                        break  # nothing pending; after a commit, look again (its chats may have more)
+                    continue
+                if not self.pipeline:
+                    handled += await self._finish(ready, skip)
+                    continue
+                inflight = {(row.channel, row.chat_key) for row, _inbound in ready}
+                committing = asyncio.create_task(self._finish(ready, skip))
+        finally:
+            if committing is not None:
+                handled += await committing
+        return handled
 
-        async def drain(channel: str, chat_key: str) -> int:
+    async def _prepare(
+        self, exclude: set[tuple[str, str]], size: int, limit: asyncio.Semaphore, skip: set[tuple[str, str]]
+    ) -> list[tuple[_Pending, Inbound]] | None:
+        """Heads of the next chats, normalised; None when there is no pending row to take at all."""
+        heads = await asyncio.to_thread(self._heads, exclude, size)
+        if not heads:
+            return None
+
+        async def normalise(row: _Pending) -> Inbound | BaseException:
             async with limit:
-                return await self._drain_chat(channel, chat_key)
+                try:
+                    return await self.channels[row.channel].normalise(row.payload)
+                except Exception as exc:  # noqa: BLE001 - counted as a failed attempt below
+                    return exc
 
-        done = await asyncio.gather(*(drain(channel, key) for channel, key in chats))
-        return sum(done)
+        inbounds = await asyncio.gather(*(normalise(row) for row in heads))
+        for row, error in zip(heads, inbounds, strict=True):
+            if not isinstance(error, Inbound):
+                await self._failed(row, error, skip)
+        return [(row, inbound) for row, inbound in zip(heads, inbounds, strict=True) if isinstance(inbound, Inbound)]
+
+    async def _finish(self, ready: list[tuple[_Pending, Inbound]], skip: set[tuple[str, str]]) -> int:
+        """Commit a normalised batch (row by row if the batch fails); returns how many rows were handled."""
+        outcomes: dict[int, str] = {}
+        try:
+            outcomes = await asyncio.to_thread(self._commit_batch, ready)
+        except Exception as exc:  # noqa: BLE001 - one row broke the batch: redo it row by row
+            outcomes = {}
+            if len(ready) == 1:
+                await self._failed(ready[0][0], exc, skip)
+                ready = []
+            for row, inbound in ready:
+                try:
+                    outcomes[row.id] = await asyncio.to_thread(self._commit, row.channel, row.chat_key, row, inbound)
+                except Exception as exc:  # noqa: BLE001 - count it, back off, keep the chat's order
+                    await self._failed(row, exc, skip)
+        handled = 0
+        queued: set[str] = set()
+        for row, _inbound in ready:
+            outcome = outcomes.get(row.id)
+            if outcome is None:
+                continue
+            self._retry_at.pop((row.channel, row.chat_key), None)
+            if outcome in ("done", "queued"):
+                handled += 1
+            if outcome == "queued":
+                queued.add(row.channel)
+            if outcome == "busy":
+                skip.add((row.channel, row.chat_key))
+        if self.on_outbox is not None:
+            for channel in sorted(queued):
+                self.on_outbox(channel)
+        return handled
 
     # -- internals
 
-    def _pending_chats(self) -> list[tuple[str, str]]:
+    async def _failed(self, row: _Pending, exc: BaseException, skip: set[tuple[str, str]]) -> None:
+        gave_up = await asyncio.to_thread(self._record_failure, row, exc)
+        log.warning(
+            "inbox: %s row %s failed (%s), attempt %s%s",
+            row.channel,
+            row.id,
+            type(exc).__name__,
+            row.attempts,
+            "; given up" if gave_up else "",
+        )
+        if gave_up:
+            return  # the chat's later updates go on
+        skip.add((row.channel, row.chat_key))
+        self._retry_at[(row.channel, row.chat_key)] = asyncio.get_running_loop().time() + self.backoff(
+            row.attempts
+        )
+
+    def _pending_heads(
+        self, session: Session, chat_keys: list[str] | None = None
+    ) -> dict[tuple[str, str], tuple[tuple[int, int], int]]:
+        """(channel, chat) → (order key, id) of its head row, for every chat with pending rows (or those of
+        ``chat_keys``), in the order of each chat's oldest pending row. One query, no payloads.
+
+        One scan of the pending rows per batch, not one per row: there is no index on chat_key, so looking
+        up one chat's pending rows scans every pending row anyway, and under a backlog that dominated."""
+        query = (
+            select(InboxUpdate.id, InboxUpdate.channel, InboxUpdate.chat_key, InboxUpdate.update_id)
+            .where(InboxUpdate.status == "pending", col(InboxUpdate.channel).in_(list(self.channels)))
+            .order_by(col(InboxUpdate.id))
+        )
+        if chat_keys is not None:
+            query = query.where(col(InboxUpdate.chat_key).in_(chat_keys))
+        heads: dict[tuple[str, str], tuple[tuple[int, int], int]] = {}
+        for row_id, channel, key, update_id in session.exec(query).all():
+            order = self._order_key(channel, update_id, row_id or 0)
+            current = heads.get((channel, key))
+            if current is None or order < current[0]:
+                heads[(channel, key)] = (order, row_id or 0)
+        return heads
+
+    def _heads(self, skip: set[tuple[str, str]], size: int) -> list[_Pending]:
+        """The next row (in order) of up to ``size`` chats with pending rows, oldest chats first."""
         if not self.channels:
             return []
         with Session(self.engine) as session:
-            rows = session.exec(
+            # the chats of the oldest pending rows (a bounded read through the (status, id) index) ...
+            chats: dict[tuple[str, str], None] = {}
+            for channel, key in session.exec(
                 select(InboxUpdate.channel, InboxUpdate.chat_key)
                 .where(InboxUpdate.status == "pending", col(InboxUpdate.channel).in_(list(self.channels)))
                 .order_by(col(InboxUpdate.id))
-            ).all()
-        seen: dict[tuple[str, str], None] = {}
-        for channel, key in rows:
-            seen.setdefault((channel, key), None)
-        return list(seen)
+                .limit(size * 4 + len(skip))
+            ).all():
+                if (channel, key) not in skip:
+                    chats.setdefault((channel, key), None)
+                if len(chats) >= size:
+                    break
+            if not chats:
+                return []
+            # ... then their heads: the earliest pending update of each (it may have arrived later)
+            heads = self._pending_heads(session, sorted({key for _channel, key in chats}))
+            ids = [heads[chat][1] for chat in chats if chat in heads]
+            if not ids:
+                return []
+            rows = {
+                row.id: row
+                for row in session.exec(select(InboxUpdate).where(col(InboxUpdate.id).in_(ids))).all()
+            }
+        return [
+            _Pending(row.id or 0, row.update_id, dict(row.payload), row.attempts, row.channel, row.chat_key)
+            for row_id in ids
+            if (row := rows.get(row_id)) is not None and row.status == "pending"
+        ]
 
     def _order_key(self, channel: str, update_id: str, row_id: int) -> tuple[int, int]:
         if self.channels[channel].ordered_ids and update_id.lstrip("-").isdigit():
             return (int(update_id), row_id)
         return (0, row_id)
 
-    def _next_pending(self, channel: str, chat_key: str) -> _Pending | None:
-        with Session(self.engine) as session:
-            rows = session.exec(
-                select(InboxUpdate).where(
-                    InboxUpdate.channel == channel,
-                    InboxUpdate.chat_key == chat_key,
-                    InboxUpdate.status == "pending",
+    def _commit_batch(self, batch: list[tuple[_Pending, Inbound]], *, wait: bool = False) -> dict[int, str]:
+        """One transaction for the whole batch (one row per chat); raises if any row does (nothing kept).
+
+        Outcome per row id: "done", "queued" (replies to send), "already" (another worker did it),
+        "not_first" (an earlier update of the chat arrived meanwhile: it goes first) or "busy" (PostgreSQL:
+        another process holds the chat)."""
+        outcomes: dict[int, str] = {}
+        postgres = self.engine.dialect.name == "postgresql"
+        with write_lock(self.engine), Session(self.engine, expire_on_commit=False) as session:
+            now = self.now()
+            todo = []
+            for row, inbound in batch:
+                if postgres:
+                    # one processor per chat at a time across processes; released at commit. In a batch
+                    # (several chats in one transaction) only try: waiting there could deadlock.
+                    key = {"key": f"inbox:{row.channel}:{row.chat_key}"}
+                    if wait:
+                        session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), key)
+                    elif not session.execute(text("SELECT pg_try_advisory_xact_lock(hashtext(:key))"), key).scalar():
+                        outcomes[row.id] = "busy"
+                        continue
+                todo.append((row, inbound))
+            if postgres and todo:
+                session.exec(
+                    select(InboxUpdate.id).where(col(InboxUpdate.id).in_([r.id for r, _ in todo])).with_for_update()
+                ).all()
+            heads = self._pending_heads(session, sorted({r.chat_key for r, _ in todo})) if todo else {}
+            started = time.perf_counter()  # the rows' own work sizes the batches, not the fixed queries above
+            marks = []
+            for row, inbound in todo:
+                head = heads.get((row.channel, row.chat_key))
+                if head is None:
+                    outcomes[row.id] = "already"  # no longer pending: another worker did it
+                    continue
+                if head[1] != row.id:
+                    outcomes[row.id] = "not_first"
+                    continue
+                status, outcomes[row.id] = self._apply(session, row, inbound, now)
+                marks.append({"b_id": row.id, "b_status": status})
+            if marks:
+                table = InboxUpdate.__table__  # type: ignore[attr-defined]
+                session.flush()
+                session.connection().execute(
+                    update(table)
+                    .where(table.c.id == bindparam("b_id"))
+                    .values(status=bindparam("b_status"), processed_at=now, attempts=table.c.attempts + 1,
+                            error=None),
+                    marks,
                 )
-            ).all()
-            if not rows:
-                return None
-            first = min(rows, key=lambda r: self._order_key(channel, r.update_id, r.id or 0))
-            return _Pending(first.id or 0, first.update_id, dict(first.payload), first.attempts)
-
-    async def _drain_chat(self, channel: str, chat_key: str) -> int:
-        handled = 0
-        loop = asyncio.get_running_loop()
-        while not self._stopping:
-            if self._retry_at.get((channel, chat_key), 0.0) > loop.time():
-                break  # the chat's head row failed recently: later rows wait behind it
-            row = await asyncio.to_thread(self._next_pending, channel, chat_key)
-            if row is None:
-                break
-            outcome = await self._process(channel, chat_key, row)
-            if outcome == "failed":
-                break
-            if outcome in ("done", "queued"):
-                handled += 1
-        return handled
-
-    async def _process(self, channel: str, chat_key: str, row: _Pending) -> str:
-        """Normalise then commit: "done", "queued" (replies to send), "already", "not_first" or "failed"."""
-        try:
-            inbound = await self.channels[channel].normalise(row.payload)
-            outcome = await asyncio.to_thread(self._commit, channel, chat_key, row, inbound)
-        except Exception as exc:  # noqa: BLE001 - any failure: count it, back off, keep the chat's order
-            gave_up = await asyncio.to_thread(self._record_failure, row, exc)
-            log.warning(
-                "inbox: %s row %s failed (%s), attempt %s%s",
-                channel,
-                row.id,
-                type(exc).__name__,
-                row.attempts,
-                "; given up" if gave_up else "",
-            )
-            if gave_up:
-                return "gave_up"  # the chat's later updates go on
-            self._retry_at[(channel, chat_key)] = asyncio.get_running_loop().time() + self.backoff(
-                row.attempts
-            )
-            return "failed"
-        self._retry_at.pop((channel, chat_key), None)
-        if outcome == "queued" and self.on_outbox is not None:
-            self.on_outbox(channel)
-        return outcome
+            session.commit()
+            if todo:
+                self._row_seconds = 0.7 * self._row_seconds + 0.3 * (time.perf_counter() - started) / len(todo)
+        return outcomes
 
     def _commit(self, channel: str, chat_key: str, row: _Pending, inbound: Inbound) -> str:
-        """The one transaction: effects, outbox rows, row marked done. Returns what happened."""
-        now = self.now()
-        with write_lock(self.engine), Session(self.engine, expire_on_commit=False) as session:
-            if self.engine.dialect.name == "postgresql":
-                # one processor per chat at a time across processes; released at commit
-                session.execute(
-                    text("SELECT pg_advisory_xact_lock(hashtext(:key))"),
-                    {"key": f"inbox:{channel}:{chat_key}"},
-                )
-            current = session.get(
-                InboxUpdate, row.id, with_for_update=self.engine.dialect.name == "postgresql"
-            )
-            if current is None or current.status != "pending":
-                return "already"  # another worker did it
-            head = self._next_pending_in(session, channel, chat_key)
-            if head is not None and head != row.id:
-                return "not_first"  # an earlier update of this chat arrived meanwhile: it goes first
-            queued = False
-            if inbound.event is not None:
-                process = self.process or _default_process()
-                says = process(
-                    session,
-                    channel=channel,
-                    chat_id=inbound.chat_id,
-                    event=inbound.event,
-                    now=now,
-                    settings=self.settings,
-                    idempotency_base=f"{channel}:{row.update_id}",
-                    user_id=inbound.user_id or inbound.chat_id,
-                    display_name=inbound.display_name,
-                )
-                queued = bool(says)
-                _clear_unreachable(session, channel=channel, chat_id=inbound.chat_id)
-            for index, say in enumerate(inbound.replies):
-                enqueue(
-                    session,
-                    channel=channel,
-                    chat_id=inbound.chat_id,
-                    message=say,
-                    idempotency_key=f"{channel}:{row.update_id}:channel:{index}",
-                    priority=PRIORITY_REPLY,
-                )
-                queued = True
-            current.status = "done" if (inbound.event is not None or inbound.replies) else "ignored"
-            current.processed_at = now
-            current.attempts += 1
-            current.error = None
-            session.add(current)
-            session.commit()
-            return "queued" if queued else "done"
+        """One row in its own transaction (waiting for the chat's lock on PostgreSQL)."""
+        return self._commit_batch([(row, inbound)], wait=True)[row.id]
 
-    def _next_pending_in(self, session: Session, channel: str, chat_key: str) -> int | None:
-        rows = session.exec(
-            select(InboxUpdate.id, InboxUpdate.update_id).where(
-                InboxUpdate.channel == channel,
-                InboxUpdate.chat_key == chat_key,
-                InboxUpdate.status == "pending",
+    def _apply(self, session: Session, row: _Pending, inbound: Inbound, now: datetime) -> tuple[str, str]:
+        """Stage one row's work in ``session``: (the row's new status, "done" or "queued")."""
+        queued = False
+        if inbound.event is not None:
+            process = self.process or _default_process()
+            says = process(
+                session,
+                channel=row.channel,
+                chat_id=inbound.chat_id,
+                event=inbound.event,
+                now=now,
+                settings=self.settings,
+                idempotency_base=f"{row.channel}:{row.update_id}",
+                user_id=inbound.user_id or inbound.chat_id,
+                display_name=inbound.display_name,
             )
-        ).all()
-        if not rows:
-            return None
-        return min(rows, key=lambda r: self._order_key(channel, r[1], r[0] or 0))[0]
+            queued = bool(says)
+            _clear_unreachable(session, channel=row.channel, user_id=inbound.user_id or inbound.chat_id)
+        for index, say in enumerate(inbound.replies):
+            enqueue(
+                session,
+                channel=row.channel,
+                chat_id=inbound.chat_id,
+                message=say,
+                idempotency_key=f"{row.channel}:{row.update_id}:channel:{index}",
+                priority=PRIORITY_REPLY,
+            )
+            queued = True
+        status = "done" if (inbound.event is not None or inbound.replies) else "ignored"
+        return status, "queued" if queued else "done"
 
     def _record_failure(self, row: _Pending, exc: BaseException) -> bool:
         """Count a failed attempt; True when the row is given up (status "failed")."""
@@ -331,15 +511,20 @@ class InboxWorker:
             return current.status == "failed"
 
 
-def _clear_unreachable(session: Session, *, channel: str, chat_id: str) -> None:
-    """Someone who writes to us can be written to again."""
-    identity = session.exec(
-        select(ChatIdentity).where(ChatIdentity.channel == channel, ChatIdentity.chat_id == chat_id)
-    ).first()
-    if identity is None or identity.person_id is None:
-        return
-    person = session.get(Person, identity.person_id)
-    if person is not None and person.unreachable_at is not None:
-        person.unreachable_at = None
-        person.unreachable_reason = None
-        session.add(person)
+def _clear_unreachable(session: Session, *, channel: str, user_id: str) -> None:
+    """Someone who writes to us can be written to again.
+
+    One UPDATE through the (channel, user_id) unique index: no rows loaded, and no scan of chat identities
+    (chat_id has no index) for every update."""
+    person = Person.__table__  # type: ignore[attr-defined]
+    identity = ChatIdentity.__table__  # type: ignore[attr-defined]
+    session.execute(
+        update(person)
+        .where(
+            person.c.unreachable_at.is_not(None),
+            person.c.id.in_(
+                select(identity.c.person_id).where(identity.c.channel == channel, identity.c.user_id == user_id)
+            ),
+        )
+        .values(unreachable_at=None, unreachable_reason=None)
+    )

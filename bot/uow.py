@@ -19,6 +19,7 @@ from vietnam_provinces import Ward
 
 from bot import media
 from bot.login_links import create_login_link
+from bot.outbox import enqueue
 from bot.view_db import DbView
 from flows import effects as fx
 from flows.effects import Subject
@@ -36,7 +37,6 @@ from models.tables import (
     Evidence,
     Household,
     Officer,
-    OutboxMessage,
     Person,
     Province,
     Registration,
@@ -110,10 +110,8 @@ def _identity(session: Session, *, channel: str, user_id: str, chat_id: str, dis
 
 def _enqueue(session: Session, *, key: str, channel: str, chat_id: str, person_id: int | None, say: Say,
              now: datetime) -> None:
-    if session.exec(select(OutboxMessage.id).where(OutboxMessage.idempotency_key == key)).first() is not None:
-        return
-    session.add(OutboxMessage(idempotency_key=key, channel=channel, chat_id=chat_id, person_id=person_id,
-                              payload=say.to_json(), priority=PRIORITY_REPLY, not_before=now, created_at=now))
+    enqueue(session, channel=channel, chat_id=chat_id, message=say, idempotency_key=key, priority=PRIORITY_REPLY,
+            person_id=person_id, not_before=now)
 
 
 def ensure_commune(session: Session, code: int) -> Commune:

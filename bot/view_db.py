@@ -58,12 +58,19 @@ class DbView:
         self.identity = identity
         self.settings = settings
         self._me: PersonInfo | None = None
+        # A DbView lives for one event and is read-only while the flows run (effects are applied after
+        # handle() returns), so repeated reads within the event can be memoised.
+        self._person: Person | None = None
+        self._criteria_sets: dict[str, CriteriaSet] | None = None
+        self._assessments: dict[tuple[str, int, str, int], AssessmentInfo] = {}
 
     # ------------------------------------------------------------------ people
     def person(self) -> Person | None:
         if self.identity.person_id is None:
             return None
-        return self.session.get(Person, self.identity.person_id)
+        if self._person is None or self._person.id != self.identity.person_id:
+            self._person = self.session.get(Person, self.identity.person_id)
+        return self._person
 
     def me(self) -> PersonInfo | None:
         person = self.person()
@@ -90,13 +97,15 @@ class DbView:
         return now.astimezone(ZoneInfo(tz)).year
 
     def criteria(self, title: str) -> CriteriaSet:
-        person = self.person()
-        local: tuple[str, ...] = ()
-        if person is not None and person.commune_code is not None:
-            commune = self.session.get(Commune, person.commune_code)
-            if commune is not None:
-                local = (str(commune.province_code), f"{commune.province_code}/{commune.code}")
-        return _criteria(local)[title]
+        if self._criteria_sets is None:
+            person = self.person()
+            local: tuple[str, ...] = ()
+            if person is not None and person.commune_code is not None:
+                commune = self.session.get(Commune, person.commune_code)
+                if commune is not None:
+                    local = (str(commune.province_code), f"{commune.province_code}/{commune.code}")
+            self._criteria_sets = _criteria(local)
+        return self._criteria_sets[title]
 
     def served(self) -> tuple[int, ...]:
         if self.settings is not None and hasattr(self.settings, "served_codes"):
@@ -158,6 +167,12 @@ class DbView:
         ).first()
 
     def assessment(self, subject: Subject, title: str, year: int) -> AssessmentInfo:
+        key = (subject.kind, subject.id, title, year)
+        if key not in self._assessments:
+            self._assessments[key] = self._load_assessment(subject, title, year)
+        return self._assessments[key]
+
+    def _load_assessment(self, subject: Subject, title: str, year: int) -> AssessmentInfo:
         row = self._assessment_row(subject, title, year)
         if row is None:
             return AssessmentInfo()

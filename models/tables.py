@@ -83,7 +83,7 @@ class ChatIdentity(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     channel: str  # telegram | zalo | zalo_oa | web
     user_id: str
-    chat_id: str  # where to send; equals user_id for private chats
+    chat_id: str = Field(index=True)  # where to send; equals user_id for private chats
     person_id: int | None = Field(default=None, foreign_key="person.id", index=True)
     display_name: str = ""
     created_at: datetime = created_field()
@@ -286,6 +286,7 @@ class InboxUpdate(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("channel", "update_id"),
         Index("ix_inbox_pending", "status", "id"),
+        Index("ix_inbox_chat_pending", "channel", "chat_key", "status"),
     )
     id: int | None = Field(default=None, primary_key=True)
     channel: str
@@ -354,6 +355,8 @@ class ChannelCredential(SQLModel, table=True):
 
 
 class AuditLog(SQLModel, table=True):
+    # (action, target) answers "was this update already processed?" once per inbound event
+    __table_args__ = (Index("ix_auditlog_action_target", "action", "target"),)
     id: int | None = Field(default=None, primary_key=True)
     at: datetime = created_field()
     actor: str  # "person:12", "officer:3", "system"

@@ -36,5 +36,7 @@ def serve(settings: Settings, *, host: str, port: int, demo: bool = True) -> int
     print(f"hoctap: {base}/  (simulator {base}/simulator, review {base}/review, API docs {base}/docs)")
     for name, on in channels.items():
         print(f"  {name}: {'on' if on else 'off (no token)'}")
-    uvicorn.run(create_app(settings, engine=engine), host=host, port=port, log_level="info")
+    # no access log: a line per webhook call is a measurable share of the request path, and URLs are not
+    # what an operator needs from these logs
+    uvicorn.run(create_app(settings, engine=engine), host=host, port=port, log_level="info", access_log=False)
     return 0

@@ -14,11 +14,8 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from sqlalchemy.engine import Engine
-from sqlmodel import Session
-from starlette.concurrency import run_in_threadpool
 
-from bot.inbox import store_update
+from bot.inbox import inbox_writer
 from bot.telegram import CHANNEL, chat_key, webhook_secret
 
 log = logging.getLogger("hoctap.webhook.telegram")
@@ -27,13 +24,6 @@ router = APIRouter()
 
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 MAX_BODY = 1_000_000  # updates are a few kB; anything this large is not from Telegram
-
-
-def _store(engine: Engine, update: dict[str, Any]) -> bool:
-    with Session(engine) as session:
-        new = store_update(session, CHANNEL, update["update_id"], chat_key(update), update)
-        session.commit()
-    return new
 
 
 def _reject_constant(name: str) -> Any:
@@ -80,8 +70,10 @@ async def telegram_webhook(request: Request) -> Response:
         return JSONResponse({"ok": False, "error": "not JSON"}, status_code=400)
     if not isinstance(update, dict) or type(update.get("update_id")) is not int:
         return JSONResponse({"ok": False, "error": "no update_id"}, status_code=400)
-    # committed before we answer: Telegram does not send it again after a 200
-    new = await run_in_threadpool(_store, request.app.state.engine, update)
+    # committed before we answer (Telegram does not send it again after a 200); concurrent calls share the
+    # INSERT and the commit
+    writer = inbox_writer(request.app.state.engine)
+    new = await writer.submit((CHANNEL, update["update_id"], chat_key(update), update))
     if new:
         request.app.state.runtime.wake_inbox()
     return JSONResponse({"ok": True})

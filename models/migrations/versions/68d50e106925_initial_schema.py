@@ -1,8 +1,8 @@
 """initial schema
 
-Revision ID: c227d539c527
+Revision ID: 68d50e106925
 Revises: 
-Create Date: 2026-11-24 09:12:24.385666
+Create Date: 2026-11-24 10:10:13.242806
 """
 
 from collections.abc import Sequence
@@ -12,7 +12,7 @@ import sqlmodel
 from alembic import op
 
 
-revision: str = 'c227d539c527'
+revision: str = '68d50e106925'
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
@@ -29,6 +29,9 @@ def upgrade() -> None:
     sa.Column('detail', sa.JSON(), nullable=False),
     sa.PrimaryKeyConstraint('id')
     )
+    with op.batch_alter_table('auditlog', schema=None) as batch_op:
+        batch_op.create_index('ix_auditlog_action_target', ['action', 'target'], unique=False)
+
     op.create_table('campaignrun',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('campaign', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
@@ -68,6 +71,7 @@ def upgrade() -> None:
     sa.UniqueConstraint('channel', 'update_id')
     )
     with op.batch_alter_table('inboxupdate', schema=None) as batch_op:
+        batch_op.create_index('ix_inbox_chat_pending', ['channel', 'chat_key', 'status'], unique=False)
         batch_op.create_index('ix_inbox_pending', ['status', 'id'], unique=False)
 
     op.create_table('province',
@@ -185,6 +189,7 @@ def upgrade() -> None:
     sa.UniqueConstraint('channel', 'user_id')
     )
     with op.batch_alter_table('chatidentity', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_chatidentity_chat_id'), ['chat_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_chatidentity_person_id'), ['person_id'], unique=False)
 
     op.create_table('clan',
@@ -471,6 +476,7 @@ def downgrade() -> None:
     op.drop_table('clan')
     with op.batch_alter_table('chatidentity', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_chatidentity_person_id'))
+        batch_op.drop_index(batch_op.f('ix_chatidentity_chat_id'))
 
     op.drop_table('chatidentity')
     with op.batch_alter_table('assessment', schema=None) as batch_op:
@@ -499,6 +505,7 @@ def downgrade() -> None:
     op.drop_table('province')
     with op.batch_alter_table('inboxupdate', schema=None) as batch_op:
         batch_op.drop_index('ix_inbox_pending')
+        batch_op.drop_index('ix_inbox_chat_pending')
 
     op.drop_table('inboxupdate')
     op.drop_table('channelcredential')
@@ -506,5 +513,8 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_campaignrun_campaign'))
 
     op.drop_table('campaignrun')
+    with op.batch_alter_table('auditlog', schema=None) as batch_op:
+        batch_op.drop_index('ix_auditlog_action_target')
+
     op.drop_table('auditlog')
     # ### end Alembic commands ###
