@@ -3,6 +3,8 @@ a reason, approves another, downloads the Excel file; screenshots at 1280 and 36
 
 from __future__ import annotations
 
+import os
+import tempfile
 from io import BytesIO
 from pathlib import Path
 
@@ -15,7 +17,9 @@ from tests.livehttp import live_server
 from tests.review_seed import GIA_LOC, PASSWORD, make_app, seed
 
 pytestmark = pytest.mark.browser
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+# Screenshots go to a temporary folder, or to $HOCTAP_SCREENSHOTS_DIR (docs/screenshots to refresh the docs),
+# so a test run does not rewrite tracked files.
+SHOTS = Path(os.environ.get("HOCTAP_SCREENSHOTS_DIR") or tempfile.mkdtemp(prefix="hoctap-shots-"))
 
 
 def shot(page, name: str) -> None:
