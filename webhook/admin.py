@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
+from bot.uow import ensure_commune as bot_ensure_commune
 from flows.answers import normalize_phone
 from flows.criteria import CriteriaSet, Criterion, ScoreResult, format_number, load_sets, score
 from flows.i18n import t
@@ -39,7 +40,6 @@ from models.tables import (
     OfficerCommune,
     OutboxMessage,
     Person,
-    Province,
     Registration,
     ReviewDecision,
     RoleGrant,
@@ -95,24 +95,10 @@ def aware(value: datetime | None) -> datetime | None:
 
 def ensure_commune(session: Session, code: int) -> Commune:
     """The commune row, created with its province from the official list (vietnam-provinces) when missing."""
-    commune = session.get(Commune, code)
-    if commune is not None:
-        return commune
-    from flows.communes import commune as find_commune
-
-    hit = find_commune(code)
-    if hit is None:
-        raise ReviewError(f"Không có xã/phường mã {code} trong danh mục hành chính.")
-    if session.get(Province, hit.province_code) is None:
-        from vietnam_provinces import Province as VnProvince
-
-        full = next((p.name for p in VnProvince.iter_all() if int(p.code) == hit.province_code), hit.province)
-        session.add(Province(code=hit.province_code, name=full))
-        session.flush()
-    commune = Commune(code=code, name=hit.name, province_code=hit.province_code)
-    session.add(commune)
-    session.flush()
-    return commune
+    try:
+        return bot_ensure_commune(session, code)
+    except ValueError as exc:
+        raise ReviewError(f"Không có xã/phường mã {code} trong danh mục hành chính.") from exc
 
 
 def targets_for(commune: Commune, year: int) -> dict[str, float]:
@@ -754,8 +740,6 @@ class ImportReport:
 def import_villages(session: Session, commune_code: int, data: bytes) -> ImportReport:
     """Villages (and households) from the first sheet of an XLSX: a bad row is reported by number, good rows kept."""
     from openpyxl import load_workbook
-
-    from flows.answers import normalize_phone
 
     report = ImportReport()
     try:
