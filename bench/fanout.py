@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shlex
 import sys
@@ -36,6 +35,9 @@ from sqlmodel import Session, SQLModel
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import machine, write_section  # noqa: E402
 
 import models.tables as T  # noqa: E402
 from bot.scheduler import run_campaign  # noqa: E402
@@ -43,8 +45,6 @@ from models.db import make_engine  # noqa: E402
 
 MAX_N = 1_000_000
 YEAR = 2027
-DOCS = ROOT / "docs" / "performance.md"
-START, END = "<!-- bench/fanout.py: start -->", "<!-- bench/fanout.py: end -->"
 
 
 @contextmanager
@@ -159,33 +159,6 @@ def baseline(engine: Engine, n: int) -> float:
     return elapsed
 
 
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                      if line.startswith("MemTotal"))
-        ram = f"{mem_kb / 1024 / 1024:.0f} GiB RAM"
-    except (OSError, StopIteration):
-        ram = "RAM unknown"
-    return f"{os.cpu_count()} CPUs (nproc), {cpu}, {ram}, Python {platform.python_version()}, {platform.system()}"
-
-
-def write_docs(lines: list[str]) -> None:
-    """Replace this benchmark's section in docs/performance.md, or append it; other sections stay as they are."""
-    section = "\n".join([START, *lines, END])
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
-    current = DOCS.read_text(encoding="utf-8") if DOCS.exists() else "# Performance\n"
-    if START in current and END in current:
-        current = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _m: section, current, flags=re.S)
-    else:
-        current = current.rstrip("\n") + "\n\n" + section + "\n"
-    DOCS.write_text(current, encoding="utf-8")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-n", type=int, default=100_000, help=f"people (at most {MAX_N:,})")
@@ -239,8 +212,8 @@ def main(argv: list[str] | None = None) -> int:
             "present and writes nothing. "
             "Target: under 10 s for 100,000.",
         ]
-        write_docs(lines)
-        print(f"wrote {DOCS.relative_to(ROOT)}")
+        write_section("fanout.py", lines)
+        print("wrote docs/performance.md")
     return 0
 
 
