@@ -54,6 +54,7 @@ from bot.campaigns import (
     occurrence,
     override_files,
 )
+from bot.outbox import PRIORITY_BULK
 from flows.i18n import catalog, t
 from flows.types import Button, Say
 from models.settings import Settings
@@ -89,7 +90,6 @@ OB = OutboxMessage.__table__
 CR = CampaignRun.__table__
 CM = Commune.__table__
 
-BULK_PRIORITY = 10
 ROLE_TITLE = {"household": "gia_dinh", "clan_head": "dong_ho", "village_leader": "cong_dong", "unit_rep": "don_vi"}
 TITLE_ORDER = ("gia_dinh", "dong_ho", "cong_dong", "don_vi", "cong_dan")
 SUBJECT_ROLES = ("household", "clan_head", "village_leader", "unit_rep")
@@ -426,7 +426,7 @@ OutboxRow = tuple[str, str, str, int, dict[str, Any]]  # idempotency key, channe
 
 def insert_outbox(
     session: Session, rows: Sequence[OutboxRow], *, campaign: str, not_before: datetime, now: datetime,
-    priority: int = BULK_PRIORITY, batch_size: int = 5000, on_batch: Callable[[int], None] | None = None,
+    priority: int = PRIORITY_BULK, batch_size: int = 5000, on_batch: Callable[[int], None] | None = None,
 ) -> int:
     """INSERT … ON CONFLICT (idempotency_key) DO NOTHING in batches; returns how many rows were new."""
     stmt = _insert_sql(session.get_bind().dialect.name)

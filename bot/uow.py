@@ -19,7 +19,7 @@ from vietnam_provinces import Ward
 
 from bot import media
 from bot.login_links import create_login_link
-from bot.outbox import enqueue
+from bot.outbox import PRIORITY_REPLY, enqueue
 from bot.view_db import DbView
 from flows import effects as fx
 from flows.effects import Subject
@@ -47,7 +47,6 @@ from models.tables import (
 
 log = logging.getLogger(__name__)
 
-PRIORITY_REPLY = 0  # a reply in a conversation goes before bulk reminders (priority 10)
 PROCESSED = "flow.processed"
 
 
