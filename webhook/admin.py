@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import hashlib
+import json
 import secrets
 import string
 import sys
-from collections import defaultdict
+import threading
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -18,12 +21,22 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func
+from sqlalchemy import Text, case, cast, func
 from sqlmodel import Session, col, select
 
 from bot.uow import ensure_commune as bot_ensure_commune
 from flows.answers import normalize_phone
-from flows.criteria import CriteriaSet, Criterion, ScoreResult, format_number, load_sets, score
+from flows.criteria import (  # the two private helpers keep quick_proposal's points exactly score()'s
+    NA,
+    CriteriaSet,
+    Criterion,
+    ScoreResult,
+    _earned,
+    _invalid_reason,
+    format_number,
+    load_sets,
+    score,
+)
 from flows.i18n import t
 from models.db import make_engine, session_scope
 from models.settings import Settings
@@ -109,7 +122,7 @@ def targets_for(commune: Commune, year: int) -> dict[str, float]:
     return merged
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=1024)  # one entry per commune served
 def _sets_for(local: tuple[str, ...]) -> dict[str, CriteriaSet]:
     return load_sets(local=local)
 
@@ -257,35 +270,68 @@ def _share(part: int, whole: int) -> float | None:
     return None if whole == 0 else round(100.0 * part / whole, 1)
 
 
-def _recognised_ids(session: Session, kind: str, title: str, year: int, ids: list[int]) -> set[int]:
+def _recognised_household(household_id: Any, year: int) -> Any:
+    """Join condition: the household's recognised gia_dinh of the year (at most one: unique constraint)."""
+    return ((col(Assessment.subject_type) == "household") & (col(Assessment.subject_id) == household_id)
+            & (col(Assessment.title) == "gia_dinh") & (col(Assessment.year) == year)
+            & (col(Assessment.status) == "recognised"))
+
+
+def _subject_shares(session: Session, kind: str, ids: list[int], year: int) -> dict[int, dict[str, Any]]:
+    """Computed values of many clans or villages for one year, a few grouped queries in all."""
+    out: dict[int, dict[str, Any]] = {i: {} for i in ids}
     if not ids:
-        return set()
-    rows = session.exec(select(Assessment.subject_id).where(
-        Assessment.subject_type == kind, Assessment.title == title, Assessment.year == year,
-        Assessment.status == "recognised", col(Assessment.subject_id).in_(ids)))
-    return set(rows)
+        return out
+    if kind == "clan":
+        # share of member households recognised (a household is a member of a clan once: unique constraint)
+        q = (select(ClanMember.clan_id, func.count(ClanMember.id), func.count(Assessment.id))
+             .outerjoin(Assessment, _recognised_household(col(ClanMember.household_id), year))
+             .where(col(ClanMember.clan_id).in_(ids)).group_by(ClanMember.clan_id))
+        for clan_id, members, recognised in session.exec(q):
+            share = _share(int(recognised), int(members))
+            if share is not None:
+                out[clan_id]["member_households_recognised"] = share
+        return out
+    q = (select(Household.village_id, func.count(Household.id), func.count(Assessment.id))
+         .outerjoin(Assessment, _recognised_household(col(Household.id), year))
+         .where(col(Household.village_id).in_(ids)).group_by(Household.village_id))
+    for village_id, households, recognised in session.exec(q):
+        share = _share(int(recognised), int(households))
+        if share is not None:
+            out[village_id]["village_households_recognised"] = share
+    clans: dict[int, set[int]] = defaultdict(set)
+    for village_id, clan_id in session.exec(
+            select(Household.village_id, ClanMember.clan_id).join(Household, col(Household.id) == ClanMember.household_id)
+            .where(col(Household.village_id).in_(ids)).distinct()):
+        clans[village_id].add(clan_id)
+    every_clan = sorted(set().union(*clans.values())) if clans else []
+    recognised_clans = set(session.exec(select(Assessment.subject_id).where(
+        Assessment.subject_type == "clan", Assessment.title == "dong_ho", Assessment.year == year,
+        Assessment.status == "recognised", col(Assessment.subject_id).in_(every_clan)))) if every_clan else set()
+    for village_id, members in clans.items():
+        share = _share(len(members & recognised_clans), len(members))
+        if share is not None:
+            out[village_id]["village_clans_recognised"] = share
+    return out
+
+
+def computed_many(session: Session, keys: set[tuple[str, int, int]]) -> dict[tuple[str, int, int], dict[str, Any]]:
+    """computed_values for many (subject type, subject id, year) at once; other subject types get {}."""
+    out: dict[tuple[str, int, int], dict[str, Any]] = {k: {} for k in keys}
+    groups: dict[tuple[str, int], list[int]] = defaultdict(list)
+    for kind, ident, year in keys:
+        if kind in ("clan", "village"):
+            groups[(kind, year)].append(ident)
+    for (kind, year), ids in groups.items():
+        for ident, values in _subject_shares(session, kind, sorted(set(ids)), year).items():
+            out[(kind, ident, year)] = values
+    return out
 
 
 def computed_values(session: Session, assessment: Assessment) -> dict[str, Any]:
     """Values of computed criteria (shares of recognised members); a key is absent when it cannot be computed."""
-    year = assessment.year
-    out: dict[str, Any] = {}
-    if assessment.subject_type == "clan":
-        members = list(session.exec(select(ClanMember.household_id).where(ClanMember.clan_id == assessment.subject_id)))
-        share = _share(len(_recognised_ids(session, "household", "gia_dinh", year, members)), len(members))
-        if share is not None:
-            out["member_households_recognised"] = share
-    elif assessment.subject_type == "village":
-        households = [h or 0 for h in session.exec(select(Household.id).where(Household.village_id == assessment.subject_id))]
-        share = _share(len(_recognised_ids(session, "household", "gia_dinh", year, households)), len(households))
-        if share is not None:
-            out["village_households_recognised"] = share
-        clans = sorted(set(session.exec(select(ClanMember.clan_id).where(col(ClanMember.household_id).in_(households))))) \
-            if households else []
-        share = _share(len(_recognised_ids(session, "clan", "dong_ho", year, clans)), len(clans))
-        if share is not None:
-            out["village_clans_recognised"] = share
-    return out
+    key = (assessment.subject_type, assessment.subject_id, assessment.year)
+    return computed_many(session, {key})[key]
 
 
 def score_assessment(session: Session, assessment: Assessment, sets: dict[str, CriteriaSet]) -> ScoreResult | None:
@@ -294,6 +340,79 @@ def score_assessment(session: Session, assessment: Assessment, sets: dict[str, C
         return None
     needs_computed = any(c.computed for c in cset.criteria)
     return score(cset, assessment.answers or {}, computed_values(session, assessment) if needs_computed else None)
+
+
+# A proposal is what lists and counts need of a score: (total, max, passed). Pages over a whole commune (dashboard,
+# queue, export) need it for thousands of submissions on every view, so it is computed without the per-criterion
+# reasons and remembered per (criteria set, answers as stored, computed values): a pure function of those.
+Proposal = tuple[float, int, bool]
+_PROPOSALS: dict[tuple[str, str, tuple[tuple[str, Any], ...]], Proposal] = {}
+_PROPOSALS_MAX = 300_000
+_COMPILED: dict[int, tuple[CriteriaSet, str, tuple[tuple[Criterion, str, int, bool], ...]]] = {}
+_MEMO_LOCK = threading.Lock()
+
+
+def _compiled(cset: CriteriaSet) -> tuple[str, tuple[tuple[Criterion, str, int, bool], ...]]:
+    """A fingerprint of the set's content and its criteria as (criterion, answer key, max points, mandatory)."""
+    item = _COMPILED.get(id(cset))
+    if item is None or item[0] is not cset:
+        fingerprint = hashlib.sha256(repr(cset).encode()).hexdigest()
+        mandatory = set(cset.pass_rule.mandatory)
+        table = tuple((c, c.computed or c.id, c.max_points, c.id in mandatory) for c in cset.criteria)
+        with _MEMO_LOCK:
+            if len(_COMPILED) > 4096:
+                _COMPILED.clear()
+            _COMPILED[id(cset)] = item = (cset, fingerprint, table)  # keeps cset alive: its id stays unique
+    return item[1], item[2]
+
+
+def quick_proposal(cset: CriteriaSet, answers: dict[str, Any], computed: dict[str, Any] | None = None) -> Proposal:
+    """(total, max, passed) exactly as flows.criteria.score computes them, without building the reasons."""
+    _fp, table = _compiled(cset)
+    computed = computed or {}
+    rule = cset.pass_rule
+    total: float = 0
+    passed = True
+    each = rule.min_points_each
+    for criterion, key, top, mandatory in table:
+        source = computed if criterion.computed else answers
+        value = source.get(key)
+        if key not in source or value is None:
+            points: float = 0
+        elif isinstance(value, str) and value == NA:
+            points = top if criterion.not_applicable == "full" else 0
+        elif _invalid_reason(criterion, value) is not None:
+            points = 0
+        else:
+            points = _earned(criterion, value)
+        total += points
+        if (mandatory and points <= 0) or (each is not None and points < each):
+            passed = False
+    return total, cset.max_points, passed and total >= rule.min_points
+
+
+def proposal(cset: CriteriaSet | None, answers_text: str | None, computed: dict[str, Any] | None = None
+             ) -> Proposal | None:
+    """The proposal for answers as stored (JSON text), remembered; None without a criteria set."""
+    if cset is None:
+        return None
+    fingerprint, _table = _compiled(cset)
+    text = answers_text or "{}"
+    key = (fingerprint, text, tuple(sorted(computed.items())) if computed else ())
+    found = _PROPOSALS.get(key)
+    if found is None:
+        loaded = json.loads(text)
+        found = quick_proposal(cset, loaded if isinstance(loaded, dict) else {}, computed)
+        with _MEMO_LOCK:
+            if len(_PROPOSALS) >= _PROPOSALS_MAX:
+                _PROPOSALS.clear()
+            _PROPOSALS[key] = found
+    return found
+
+
+def answers_text() -> Any:
+    """The answers column as the text it is stored as (no JSON decoding), for proposal()."""
+    return cast(col(Assessment.answers), Text)
 
 
 def answer_label(criterion: Criterion, value: Any, present: bool) -> str:
@@ -385,73 +504,108 @@ def _count(session: Session, model: Any, *conds: Any) -> int:
 
 
 def dashboard(session: Session, commune: Commune, year: int) -> Dashboard:
-    """Figures for one commune and year: per title and per village, against the targets."""
+    """Figures for one commune and year: per title and per village, against the targets. Counted in SQL where
+    the database can; proposals (score passed) from proposal(), over one pass of the year's submissions."""
     code = commune.code
     sets = criteria_for(commune)
     targets = targets_for(commune, year)
-    regs = list(session.exec(select(Registration).where(Registration.commune_code == code, Registration.year == year,
-                                                        Registration.status == "registered")))
-    assessments = list(session.exec(select(Assessment).where(Assessment.commune_code == code, Assessment.year == year)))
-    households = list(session.exec(select(Household).where(Household.commune_code == code)))
     villages = list(session.exec(select(Village).where(Village.commune_code == code).order_by(Village.name)))
+
+    per_village_hh: dict[int | None, tuple[int, int]] = {}
+    for vid, n, unreachable in session.exec(
+            select(Household.village_id, func.count(Household.id), func.count(Person.id))
+            .outerjoin(Person, (col(Person.id) == Household.head_person_id) & (Person.commune_code == code)
+                       & col(Person.unreachable_at).is_not(None))
+            .where(Household.commune_code == code).group_by(Household.village_id)):
+        per_village_hh[vid] = (int(n), int(unreachable))
+    registered_conds = (Registration.commune_code == code, Registration.year == year,
+                        Registration.status == "registered")
+    registered_by_title = {t_: int(n) for t_, n in session.exec(
+        select(Registration.title, func.count(Registration.id)).where(*registered_conds).group_by(Registration.title))}
+    registered_by_village = {vid: int(n) for vid, n in session.exec(
+        select(Household.village_id, func.count(Registration.id))
+        .join(Household, (col(Household.id) == Registration.subject_id) & (Household.commune_code == code))
+        .where(*registered_conds, Registration.subject_type == "household", Registration.title == "gia_dinh")
+        .group_by(Household.village_id))}
+    submitted_same = (select(Assessment.id).where(
+        Assessment.commune_code == code, Assessment.year == year, Assessment.status != "draft",
+        col(Assessment.subject_type) == col(Registration.subject_type),
+        col(Assessment.subject_id) == col(Registration.subject_id), col(Assessment.title) == col(Registration.title)))
+    not_submitted = int(session.exec(select(func.count(Registration.id)).where(
+        *registered_conds, ~submitted_same.exists())).one())
+
+    # one pass over the year's submissions; households' villages joined for the per-village table
+    rows = list(session.connection().execute(  # Core rows: no ORM processing of 10,000s of tuples
+        select(Assessment.id, Assessment.title, Assessment.subject_type, Assessment.subject_id, Assessment.status,
+               case((col(Assessment.status) != "draft", answers_text()), else_=None), Household.village_id)
+        .outerjoin(Household, (Assessment.subject_type == "household") & (col(Household.id) == Assessment.subject_id)
+                   & (Household.commune_code == code))
+        .where(Assessment.commune_code == code, Assessment.year == year)))
+    needs_computed = {t_ for t_, cset in sets.items() if any(c.computed for c in cset.criteria)}
+    computed = computed_many(session, {(kind, ident, year) for _id, t_, kind, ident, status, _a, _v in rows
+                                       if status != "draft" and t_ in needs_computed})
+    by_title: dict[str, Counter[str]] = defaultdict(Counter)
+    by_village: dict[int, Counter[str]] = defaultdict(Counter)
+    own_status: dict[int, str] = {}
+    for _id, title, kind, ident, status, text, hh_village in rows:
+        counts = by_title[title]
+        if title == "cong_dong" and kind == "village":
+            own_status.setdefault(ident, status)
+        if status == "draft":
+            continue
+        found = proposal(sets.get(title), text, computed.get((kind, ident, year)) if title in needs_computed else None)
+        passed = bool(found and found[2])
+        counts["submitted"] += 1  # sent to the commune: any status but draft
+        counts["status:" + status] += 1
+        counts["proposed"] += passed
+        if title == "gia_dinh" and kind == "household" and hh_village is not None:
+            village = by_village[hh_village]
+            village["submitted"] += 1
+            village["status:" + status] += 1
+            village["proposed"] += passed
+
     subjects = {
-        "gia_dinh": len(households),
+        "gia_dinh": sum(n for n, _u in per_village_hh.values()),
         "dong_ho": _count(session, Clan, Clan.commune_code == code),
         "cong_dong": sum(1 for v in villages if v.status == "active"),
         "don_vi": _count(session, Unit, Unit.commune_code == code),
         "cong_dan": 0,  # adults are not listed; the share is taken over registrations
     }
-    proposed: dict[int, bool] = {}
-    for a in assessments:
-        if a.status != "draft":
-            result = score_assessment(session, a, sets)
-            proposed[a.id or 0] = bool(result and result.passed)
-
-    rows: list[TitleRow] = []
+    titles: list[TitleRow] = []
     for title in TITLES:
-        mine = [a for a in assessments if a.title == title]
-        registered = sum(1 for r in regs if r.title == title)
-        recognised = sum(1 for a in mine if a.status == "recognised")
+        counts = by_title[title]
+        registered = registered_by_title.get(title, 0)
         whole = subjects[title] or registered
-        rows.append(TitleRow(
+        titles.append(TitleRow(
             title=title, name=sets[title].name if title in sets else title_name(title), subjects=subjects[title],
-            registered=registered, submitted=sum(1 for a in mine if a.status != "draft"),
-            proposed=sum(1 for a in mine if proposed.get(a.id or 0)), recognised=recognised,
-            returned=sum(1 for a in mine if a.status == "returned"), share=_share(recognised, whole),
+            registered=registered, submitted=counts["submitted"], proposed=counts["proposed"],
+            recognised=counts["status:recognised"], returned=counts["status:returned"],
+            share=_share(counts["status:recognised"], whole),
             target=targets.get(title)))
 
     unreachable_people = list(session.exec(select(Person).where(Person.commune_code == code,
                                                                 col(Person.unreachable_at).is_not(None))))
-    unreachable_ids = {p.id for p in unreachable_people}
     village_rows: list[VillageRow] = []
     for v in villages:
-        hh = [h for h in households if h.village_id == v.id]
-        hh_ids = {h.id for h in hh}
-        mine = [a for a in assessments if a.title == "gia_dinh" and a.subject_type == "household"
-                and a.subject_id in hh_ids]
-        recognised = sum(1 for a in mine if a.status == "recognised")
-        own = next((a for a in assessments if a.title == "cong_dong" and a.subject_type == "village"
-                    and a.subject_id == v.id), None)
+        households, unreachable = per_village_hh.get(v.id, (0, 0))
+        counts = by_village[v.id or 0]
+        own = own_status.get(v.id or 0)
         village_rows.append(VillageRow(
-            village_id=v.id or 0, name=v.name, households=len(hh),
-            registered=sum(1 for r in regs if r.title == "gia_dinh" and r.subject_type == "household"
-                           and r.subject_id in hh_ids),
-            submitted=sum(1 for a in mine if a.status != "draft"),
-            proposed=sum(1 for a in mine if proposed.get(a.id or 0)), recognised=recognised,
-            returned=sum(1 for a in mine if a.status == "returned"),
-            unreachable=sum(1 for h in hh if h.head_person_id in unreachable_ids),
-            confirmed_waiting=sum(1 for a in mine if a.status == "confirmed"),
-            share=_share(recognised, len(hh)), cong_dong=STATUS_LABELS.get(own.status, own.status) if own else ""))
+            village_id=v.id or 0, name=v.name, households=households,
+            registered=registered_by_village.get(v.id, 0), submitted=counts["submitted"],
+            proposed=counts["proposed"], recognised=counts["status:recognised"],
+            returned=counts["status:returned"], unreachable=unreachable, confirmed_waiting=counts["status:confirmed"],
+            share=_share(counts["status:recognised"], households),
+            cong_dong=STATUS_LABELS.get(own, own) if own is not None else ""))
 
-    names = village_names(session, [code])
-    submitted_keys = {(a.subject_type, a.subject_id, a.title) for a in assessments if a.status != "draft"}
+    names = {v.id or 0: v.name for v in villages}
     return Dashboard(
-        commune_code=code, commune_name=commune.name, year=year, titles=rows, villages=village_rows,
+        commune_code=code, commune_name=commune.name, year=year, titles=titles, villages=village_rows,
         unreachable=[{"person_id": p.id, "name": p.name, "village": names.get(p.village_id or 0, ""),
                       "since": aware(p.unreachable_at).isoformat() if p.unreachable_at else None,
                       "reason": p.unreachable_reason or ""} for p in unreachable_people],
-        returned_total=sum(1 for a in assessments if a.status == "returned"),
-        not_submitted=sum(1 for r in regs if (r.subject_type, r.subject_id, r.title) not in submitted_keys),
+        returned_total=sum(c["status:returned"] for c in by_title.values()),
+        not_submitted=not_submitted,
         pending_leaders=_count(session, RoleGrant, RoleGrant.commune_code == code, RoleGrant.status == "pending"),
     )
 
@@ -491,37 +645,71 @@ class QueueItem:
                 "evidence": self.evidence}
 
 
-def queue(
+def _village_of() -> Any:
+    """SQL for the village a submission is listed under: its own, else its subject's (household, person, village)."""
+    subject = col(Assessment.subject_id)
+    return func.coalesce(col(Assessment.village_id), case(
+        (col(Assessment.subject_type) == "household",
+         select(Household.village_id).where(col(Household.id) == subject).scalar_subquery()),
+        (col(Assessment.subject_type) == "person",
+         select(Person.village_id).where(col(Person.id) == subject).scalar_subquery()),
+        (col(Assessment.subject_type) == "village", select(Village.id).where(col(Village.id) == subject).scalar_subquery()),
+        else_=None))
+
+
+def _queue_conditions(communes: tuple[int, ...], year: int, title: str, village_id: int | None, state: str) -> list[Any]:
+    statuses = QUEUE_STATES.get(state, QUEUE_STATES["pending"])
+    conds = [col(Assessment.commune_code).in_(list(communes)), Assessment.year == year,
+             col(Assessment.status).in_(statuses)]
+    if title:
+        conds.append(Assessment.title == title)
+    if village_id is not None:
+        conds.append(_village_of() == village_id)
+    return conds
+
+
+def queue_count(
     session: Session, communes: tuple[int, ...], *, year: int, title: str = "", village_id: int | None = None,
     state: str = "pending",
+) -> int:
+    """How many submissions queue() lists with these filters (counted in SQL)."""
+    return int(session.exec(select(func.count(Assessment.id)).where(
+        *_queue_conditions(communes, year, title, village_id, state))).one())
+
+
+def queue(
+    session: Session, communes: tuple[int, ...], *, year: int, title: str = "", village_id: int | None = None,
+    state: str = "pending", limit: int | None = None, offset: int = 0,
 ) -> list[QueueItem]:
-    """Submissions of these communes for a year, filtered; oldest first so nobody waits longest."""
-    statuses = QUEUE_STATES.get(state, QUEUE_STATES["pending"])
-    query = select(Assessment).where(col(Assessment.commune_code).in_(list(communes)), Assessment.year == year,
-                                     col(Assessment.status).in_(statuses))
-    if title:
-        query = query.where(Assessment.title == title)
-    rows = list(session.exec(query.order_by(col(Assessment.submitted_at).asc(), col(Assessment.id).asc())))
-    infos = subject_infos(session, {(a.subject_type, a.subject_id) for a in rows})
+    """Submissions of these communes for a year, filtered; oldest first so nobody waits longest. ``limit`` and
+    ``offset`` page through them in SQL (all of them by default)."""
+    query = (select(Assessment, answers_text().label("answers_text")).where(*_queue_conditions(communes, year, title, village_id, state))
+             .order_by(col(Assessment.submitted_at).asc(), col(Assessment.id).asc()))
+    if limit is not None:
+        query = query.limit(limit).offset(max(0, offset))
+    rows = list(session.exec(query))
+    infos = subject_infos(session, {(a.subject_type, a.subject_id) for a, _t in rows})
     vnames = village_names(session, communes)
     evidence_counts: dict[int, int] = {}
     if rows:
         for aid, n in session.exec(select(Evidence.assessment_id, func.count()).where(
-                col(Evidence.assessment_id).in_([a.id for a in rows])).group_by(Evidence.assessment_id)):
+                col(Evidence.assessment_id).in_([a.id for a, _t in rows])).group_by(Evidence.assessment_id)):
             evidence_counts[aid] = int(n)
     communes_rows = {c.code: c for c in session.exec(select(Commune).where(col(Commune.code).in_(list(communes))))}
+    computed = computed_many(session, {(a.subject_type, a.subject_id, a.year) for a, _t in rows
+                                       if a.subject_type in ("clan", "village")})
     items: list[QueueItem] = []
-    for a in rows:
+    for a, text in rows:
         info = infos[(a.subject_type, a.subject_id)]
         vid = a.village_id or info.village_id
-        if village_id is not None and vid != village_id:
-            continue
-        result = score_assessment(session, a, criteria_for(communes_rows[a.commune_code]))
+        cset = criteria_for(communes_rows[a.commune_code]).get(a.title)
+        needs = cset is not None and any(c.computed for c in cset.criteria)
+        result = proposal(cset, text, computed.get((a.subject_type, a.subject_id, a.year)) if needs else None)
         items.append(QueueItem(
             id=a.id or 0, title=a.title, title_name=title_name(a.title), subject=info.name,
             subject_type=a.subject_type, village_id=vid, village=vnames.get(vid or 0, ""), status=a.status,
-            status_label=STATUS_LABELS.get(a.status, a.status), total=result.total if result else a.total,
-            max=result.max if result else None, passed=result.passed if result else a.passed, proxy=a.proxy,
+            status_label=STATUS_LABELS.get(a.status, a.status), total=result[0] if result else a.total,
+            max=result[1] if result else None, passed=result[2] if result else a.passed, proxy=a.proxy,
             submitted_at=aware(a.submitted_at), evidence=evidence_counts.get(a.id or 0, 0)))
     return items
 

@@ -98,13 +98,17 @@ def commune_villages(code: IdPath, session: DB, ctx: Ctx) -> list[dict[str, Any]
 def list_assessments(
     session: DB, ctx: Ctx, year: YearQuery = None, title: str = "", state: QueueState = "pending",
     commune: IdQuery = None, village: IdQuery = None,
+    limit: Annotated[int | None, Query(ge=1, le=10_000, description="At most this many (default: all).")] = None,
+    offset: Annotated[int, Query(ge=0, le=MAX_ID, description="Skip this many first (with limit).")] = 0,
 ) -> list[dict[str, Any]]:
-    """Submissions of the officer's communes; state: pending | returned | recognised | rejected | all."""
+    """Submissions of the officer's communes, oldest first; state: pending | returned | recognised | rejected | all.
+    `limit` and `offset` page through them."""
     if commune is not None and not ctx.allows(commune):
         raise auth.not_found()
     communes = (commune,) if commune is not None else ctx.communes
     year = year or admin.default_year(session, communes)
-    return [i.to_json() for i in admin.queue(session, communes, year=year, title=title, village_id=village, state=state)]
+    return [i.to_json() for i in admin.queue(session, communes, year=year, title=title, village_id=village, state=state,
+                                              limit=limit, offset=offset if limit is not None else 0)]
 
 
 @router.get("/assessments/{assessment_id}")

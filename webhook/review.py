@@ -262,23 +262,37 @@ def dashboard_page(request: Request, session: DB, ctx: Ctx, year: int | None = N
 # ------------------------------------------------------------------------------------------------ queue
 
 
+QUEUE_PAGE = 50  # submissions per queue page: a commune at season's peak has thousands waiting
+
+
 @router.get("/queue", response_class=HTMLResponse)
 def queue_page(
     request: Request, session: DB, ctx: Ctx, year: int | None = None, commune: int | None = None,
     title: str = "", village: Annotated[str, Query()] = "", state: str = "pending",
+    page: Annotated[str, Query()] = "1",
 ) -> HTMLResponse:
     chosen = pick_commune(session, ctx, commune)
     year = _year(session, ctx, year, request)
     village_id = int(village) if village.isdigit() else None
     if village_id is not None:
         scoped_village(session, ctx, village_id)
-    items = admin.queue(session, (chosen.code,), year=year, title=title if title in admin.TITLES else "",
-                        village_id=village_id, state=state if state in admin.QUEUE_STATES else "pending")
+    filters = {"year": year, "title": title if title in admin.TITLES else "", "village_id": village_id,
+               "state": state if state in admin.QUEUE_STATES else "pending"}
+    total = admin.queue_count(session, (chosen.code,), **filters)  # type: ignore[arg-type]
+    pages = max(1, -(-total // QUEUE_PAGE))
+    number = min(max(1, int(page) if page.isdigit() and len(page) < 7 else 1), pages)
+    items = admin.queue(session, (chosen.code,), **filters, limit=QUEUE_PAGE,  # type: ignore[arg-type]
+                        offset=(number - 1) * QUEUE_PAGE)
     villages = list(session.exec(select(Village).where(Village.commune_code == chosen.code).order_by(Village.name)))
+    query = {"commune": chosen.code, "year": year, "title": filters["title"], "village": village_id or "",
+             "state": filters["state"]}
+    link = "/review/queue?" + "&".join(f"{k}={quote(str(v))}" for k, v in query.items() if v != "") + "&page="
     return render(request, "review/queue.html", {
         **_base(request, session, ctx, chosen, year, "queue"), "items": items, "villages": villages,
         "title": title, "village_id": village_id, "state": state, "states": admin.QUEUE_STATE_LABELS,
-        "titles": admin.TITLES})
+        "titles": admin.TITLES, "total": total, "page": number, "pages": pages,
+        "first": (number - 1) * QUEUE_PAGE + 1 if items else 0, "last": (number - 1) * QUEUE_PAGE + len(items),
+        "page_link": link})
 
 
 # ------------------------------------------------------------------------------------------------ one submission
