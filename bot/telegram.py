@@ -21,13 +21,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import hmac
+import json
 import logging
 import os
-from collections.abc import Callable
+import urllib.parse
+import urllib.request
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 from telegram import (
@@ -39,25 +44,25 @@ from telegram import (
     KeyboardButton,
     Message,
     ReplyKeyboardMarkup,
+    TelegramObject,
     Update,
 )
 from telegram.error import (
     BadRequest,
     Conflict,
-    Forbidden,
     InvalidToken,
     NetworkError,
-    RetryAfter,
     TelegramError,
     TimedOut,
 )
 from telegram.request import HTTPXRequest
+from yarl import URL
 
 from bot.inbox import Inbound, store_update
 from bot.media import TOO_BIG, store_photo
 from bot.outbox import PermanentError, RetryAfterError, TransientError, UnreachableError
 from flows.i18n import t
-from flows.types import Event, Say
+from flows.types import Button, Event, Say
 from models.settings import Settings
 from models.tables import ChannelCredential, OutboxMessage
 
@@ -104,6 +109,27 @@ def quiet_ptb_logs() -> None:
             logger.setLevel(logging.INFO)
 
 
+class _BotRequest(HTTPXRequest):
+    """PTB's httpx request object for the Bot's calls, which also closes what was tied to the Bot.
+
+    Bot.shutdown() shuts its request objects down; the TelegramTransport of a Bot made here registers its
+    aiohttp session's close, so whoever shuts the Bot down (TelegramChannel.shutdown, a test, a script)
+    closes the transport's connections too.
+    """
+
+    __slots__ = ("on_shutdown",)
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.on_shutdown: list[Callable[[], Awaitable[None]]] = []
+
+    async def shutdown(self) -> None:
+        for close in self.on_shutdown:
+            with contextlib.suppress(Exception):
+                await close()
+        await super().shutdown()
+
+
 def make_bot(settings: Settings, *, poll_timeout: int = 25) -> Bot:
     """A Bot against settings.telegram_api_base_url (the public API, a local Bot API server or a fake)."""
     quiet_ptb_logs()
@@ -115,7 +141,7 @@ def make_bot(settings: Settings, *, poll_timeout: int = 25) -> Bot:
         settings.telegram_bot_token.get_secret_value(),
         base_url=f"{base}/bot",
         base_file_url=f"{base}/file/bot",
-        request=HTTPXRequest(connection_pool_size=64, read_timeout=10.0, media_write_timeout=30.0),
+        request=_BotRequest(connection_pool_size=64, read_timeout=10.0, media_write_timeout=30.0),
         get_updates_request=HTTPXRequest(connection_pool_size=2, read_timeout=poll_timeout + 10.0),
     )
 
@@ -199,61 +225,185 @@ def _layout(buttons: list[InlineKeyboardButton]) -> list[list[InlineKeyboardButt
 def render(say: Say) -> list[dict[str, Any]]:
     """sendMessage keyword arguments (without chat_id) for one Say; buttons go with the last part."""
     chunks = split_text(say.text)
-    markup: InlineKeyboardMarkup | ReplyKeyboardMarkup | None = None
-    if say.request_contact:
-        rows = [[KeyboardButton(t("channel.share_phone"), request_contact=True)]]
-        rows += [[KeyboardButton(b.label)] for b in say.buttons]  # pressing one sends its label as text
-        markup = ReplyKeyboardMarkup(rows, one_time_keyboard=True, resize_keyboard=True)
-    elif say.buttons:
-        markup = InlineKeyboardMarkup(
-            _layout(
-                [InlineKeyboardButton(b.label, callback_data=callback_data(b.value)) for b in say.buttons]
-            )
-        )
+    markup = _markup(say.buttons, say.request_contact)
     messages: list[dict[str, Any]] = [{"text": chunk} for chunk in chunks]
     if markup is not None:
         messages[-1]["reply_markup"] = markup
     return messages
 
 
+@functools.lru_cache(maxsize=1024)
+def _markup(
+    buttons: tuple[Button, ...], request_contact: bool
+) -> InlineKeyboardMarkup | ReplyKeyboardMarkup | None:
+    """The keyboard of a Say; memoised: PTB objects are immutable, and the flows use a few keyboards over and
+    over (building one costs ~0.1 ms, a tenth of a message's budget at 1,000 messages/s)."""
+    if request_contact:
+        rows = [[KeyboardButton(t("channel.share_phone"), request_contact=True)]]
+        rows += [[KeyboardButton(b.label)] for b in buttons]  # pressing one sends its label as text
+        return ReplyKeyboardMarkup(rows, one_time_keyboard=True, resize_keyboard=True)
+    if buttons:
+        return InlineKeyboardMarkup(
+            _layout([InlineKeyboardButton(b.label, callback_data=callback_data(b.value)) for b in buttons])
+        )
+    return None
+
+
 # --- the transport --------------------------------------------------------------------------------------
 
+SEND_CONNECTIONS = 8  # the sender's calls in flight (OutboxSender max_in_flight); more only queue in the pool
+SEND_CONNECT_TIMEOUT = 5.0  # seconds: TCP (and TLS) connect, and the wait for a free pooled connection
+SEND_READ_TIMEOUT = 10.0  # seconds between bytes of the answer, as make_bot's read_timeout
+UNREACHABLE_400 = ("chat not found", "user is deactivated")
 
-def _retry_after_seconds(exc: RetryAfter) -> float:
-    value: Any = exc.retry_after  # a timedelta (PTB_TIMEDELTA mode, see make_bot) or seconds
-    return float(value.total_seconds() if hasattr(value, "total_seconds") else value)
+
+_WIRE: dict[int, tuple[TelegramObject, dict[str, Any]]] = {}  # id → (the object, kept alive; its to_dict())
+
+
+def _wire_value(value: Any) -> Any:
+    """A sendMessage argument as PTB puts it on the wire: Telegram objects as their to_dict().
+
+    Markups come from _markup's cache, so the same few objects serve every message: their dicts are kept
+    (by identity, the object held so that its id is not reused; PTB's equality ignores some fields) and
+    only ever read (json.dumps).
+    """
+    if not isinstance(value, TelegramObject):
+        return value
+    cached = _WIRE.get(id(value))
+    if cached is not None and cached[0] is value:
+        return cached[1]
+    if len(_WIRE) >= 2048:
+        _WIRE.clear()
+    wire = value.to_dict()
+    _WIRE[id(value)] = (value, wire)
+    return wire
+
+
+def send_message_body(chat_id: str | int, kwargs: dict[str, Any]) -> bytes:
+    """The JSON body of one sendMessage call, from render()'s keyword arguments.
+
+    The same parameters as ``Bot.send_message(chat_id=int(chat_id), **kwargs)`` sends (PTB posts them as a
+    form with nested objects JSON-encoded; the Bot API takes the same names as a JSON object); None values
+    are left out as PTB does.
+    """
+    body: dict[str, Any] = {"chat_id": int(chat_id)}
+    for key, value in kwargs.items():
+        if value is not None:
+            body[key] = _wire_value(value)
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _env_proxy(url: str) -> str | None:
+    """HTTPS_PROXY / HTTP_PROXY / NO_PROXY for ``url``, as httpx (hence PTB) honours them; read once."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.hostname and urllib.request.proxy_bypass(parts.hostname):
+        return None
+    return urllib.request.getproxies().get(parts.scheme)
 
 
 class TelegramTransport:
-    """Sends outbox payloads with sendMessage; translates PTB errors into the outbox's error classes.
+    """Sends outbox payloads with sendMessage over a lean HTTP path; the outbox's error classes out.
 
-    A Say longer than 4096 characters goes out as several messages: a retry after a failure in the middle
-    sends the first parts again (rare: our messages are short).
+    Only sendMessage goes this way (python-telegram-bot keeps getMe, getFile, webhooks, polling): the body is
+    built from render()'s arguments exactly as PTB would send them, POSTed as JSON on a keep-alive aiohttp
+    session sized to the sender's calls in flight, and the Bot API's answer is read for ``ok``,
+    ``result.message_id``, ``error_code``, ``description`` and ``parameters.retry_after``. Through PTB
+    (``Bot.send_message`` → httpx) a message cost about 3 ms of CPU here, more than the 1 ms a message may
+    cost at 1,000 messages/s; see docs/performance.md for the measurements behind aiohttp.
+
+    The URL (hence the token) comes from the Bot (``bot.base_url``, built by make_bot from
+    TELEGRAM_API_BASE_URL and the token) and never reaches a log line or an error message: errors carry the
+    Bot API's description or an exception class name, never the URL or the text.
+
+    The session is opened on the first send, in the running event loop, and closed by ``aclose()``, which
+    TelegramChannel.shutdown calls, as does ``bot.shutdown()`` for a Bot made by make_bot. A Say longer than 4096 characters goes out as several messages: a
+    retry after a failure in the middle sends the first parts again (rare: our messages are short).
     """
 
-    def __init__(self, bot: Bot) -> None:
+    def __init__(self, bot: Bot, *, connections: int = SEND_CONNECTIONS) -> None:
         self.bot = bot
+        self.connections = connections
+        self._session: aiohttp.ClientSession | None = None
+        self._url: URL | None = None
+        self._proxy: str | None = None
+        if isinstance(bot.request, _BotRequest):
+            bot.request.on_shutdown.append(self.aclose)  # bot.shutdown() closes the session too
+
+    def _open(self) -> aiohttp.ClientSession:
+        url = f"{self.bot.base_url}/sendMessage"  # holds the token: never logged
+        self._url = URL(url, encoded=True)
+        self._proxy = _env_proxy(url)
+        connector = aiohttp.TCPConnector(
+            limit=self.connections, limit_per_host=self.connections, keepalive_timeout=30.0, ttl_dns_cache=300
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(
+                total=None, connect=SEND_CONNECT_TIMEOUT, sock_connect=SEND_CONNECT_TIMEOUT,
+                sock_read=SEND_READ_TIMEOUT,
+            ),
+            headers={"Content-Type": "application/json"},
+            raise_for_status=False,
+            auto_decompress=True,
+        )
+        return self._session
+
+    async def aclose(self) -> None:
+        """Close the HTTP session (and its keep-alive connections); the next send opens a new one."""
+        session, self._session = self._session, None
+        if session is not None and not session.closed:
+            await session.close()
 
     async def send(self, chat_id: str, payload: dict[str, Any]) -> str | None:
+        session = self._session
+        if session is None or session.closed:
+            session = self._open()
         last: str | None = None
         for kwargs in render(Say.from_json(payload)):
-            try:
-                message = await self.bot.send_message(chat_id=int(chat_id), **kwargs)
-            except RetryAfter as exc:
-                raise RetryAfterError(_retry_after_seconds(exc)) from exc
-            except Forbidden as exc:
-                raise UnreachableError(exc.message) from exc
-            except BadRequest as exc:
-                lowered = exc.message.lower()
-                if "chat not found" in lowered or "user is deactivated" in lowered:
-                    raise UnreachableError(exc.message) from exc
-                raise PermanentError(exc.message) from exc
-            except (TimedOut, NetworkError, InvalidToken) as exc:
-                raise TransientError(type(exc).__name__) from exc
-            except TelegramError as exc:
-                raise TransientError(type(exc).__name__) from exc
-            last = str(message.message_id)
+            last = await self._send_message(session, send_message_body(chat_id, kwargs))
         return last
+
+    async def _send_message(self, session: aiohttp.ClientSession, body: bytes) -> str | None:
+        try:
+            async with session.post(self._url, data=body, proxy=self._proxy) as response:  # type: ignore[arg-type]
+                status = response.status
+                raw = await response.read()
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            # the class name only: some of these exceptions' texts hold the URL, hence the token
+            raise TransientError(type(exc).__name__) from None
+        return parse_send_answer(status, raw)
+
+
+def parse_send_answer(status: int, raw: bytes) -> str | None:
+    """The message_id of a sendMessage answer, or the outbox error its ``error_code`` stands for."""
+    try:
+        answer = json.loads(raw)
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        raise TransientError(f"HTTP {status}: not a Bot API answer")
+    if answer.get("ok") is True and status < 300:
+        result = answer.get("result")
+        message_id = result.get("message_id") if isinstance(result, dict) else None
+        return None if message_id is None else str(message_id)
+    code = answer.get("error_code")
+    code = code if isinstance(code, int) else status
+    description = str(answer.get("description") or f"HTTP {code}")
+    if code == 429:
+        parameters = answer.get("parameters")
+        retry_after = parameters.get("retry_after") if isinstance(parameters, dict) else None
+        seconds = float(retry_after) if isinstance(retry_after, int | float) else 1.0
+        raise RetryAfterError(seconds)
+    if code == 403:
+        raise UnreachableError(description)
+    if code == 400:
+        lowered = description.lower()
+        if any(reason in lowered for reason in UNREACHABLE_400):
+            raise UnreachableError(description)
+        raise PermanentError(description)
+    if code in (401, 404):
+        raise TransientError("InvalidToken")  # PTB's name for it: a wrong token or base URL
+    raise TransientError(f"HTTP {code}")  # 5xx, 409..., and ok: false with any other code
 
 
 # --- the channel ----------------------------------------------------------------------------------------
@@ -288,6 +438,8 @@ class TelegramChannel:
             session.commit()
 
     async def shutdown(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.transport.aclose()
         with contextlib.suppress(Exception):
             await self.bot.shutdown()
 
