@@ -1,20 +1,26 @@
 """The outbox, whatever the channel: enqueue replies and reminders, and a sender that drains them.
 
-Rows (models.tables.OutboxMessage) move ``queued → sending → sent`` (or ``failed`` / ``unreachable``).
+Rows (models.tables.OutboxMessage) move ``queued → sending → sent`` (or ``failed`` / ``unreachable`` /
+``unconfirmed``).
 
-Delivery is at-least-once with a window kept as small as we can: a row is claimed (``sending``) in one
-commit, the platform API is called, and the row is marked ``sent`` in its own commit right after the call
-returns. Only a crash between the API's answer and that commit sends the message a second time: rows found
-in ``sending`` whose lease (``not_before`` doubles as the lease end while ``sending``) has run out are
-claimed again. A graceful stop finishes the calls in flight, marks them, and puts the rest back to
-``queued``, so a restart sends nothing twice.
+Delivery is at most once, and exactly once unless a process dies in the middle of a platform call: a row is
+claimed (``sending``) in the commit right before its call, and marked ``sent`` in the commit right after
+(group-committed under load). Telegram and Zalo have no idempotency key, so a row whose call was in flight
+when the process died may or may not have been delivered; it is not sent again but marked ``unconfirmed``
+(at the next start, or when its lease runs out while other senders live). A person may miss that one
+message (the conversation asks its question again at their next message); nobody gets a message twice,
+which for a January broadcast to a whole province matters more. A graceful stop finishes the calls in
+flight and marks them.
+
+Per chat, rows go out in id order, one at a time and ``per_chat_interval`` apart; the chat's queued rows
+carry the interval in ``not_before``, so a restart or another process keeps it too.
 
 Priorities: lower ``priority`` first (0 = reply in a conversation, 10 = bulk reminders), so a January
-broadcast never makes a family wait for their next question. Rows are claimed in small batches; on
-PostgreSQL with ``FOR UPDATE SKIP LOCKED``, so several processes can share the outbox.
+broadcast never makes a family wait for their next question. On PostgreSQL rows are claimed with
+``FOR UPDATE SKIP LOCKED``, so several processes can share the outbox.
 
-Rate limits live in each process (a token bucket for the channel, an interval per chat); several
-processes sharing one bot should split ``rate_per_second`` between them.
+Rate limits live in each process (a token bucket for the channel); several processes sharing one bot
+should split ``rate_per_second`` between them.
 """
 
 from __future__ import annotations
@@ -25,12 +31,13 @@ import logging
 import threading
 import time
 import weakref
+import zlib
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, Protocol, TypeVar
 
-from sqlalchemy import bindparam, or_, update
+from sqlalchemy import and_, bindparam, literal, or_, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
@@ -266,8 +273,9 @@ class TokenBucket:
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     ) -> None:
         self.rate = max(rate, 0.001)
-        # no bursts by default: one send every 1/rate seconds keeps few requests in flight when a 429 comes
-        self.capacity = capacity if capacity is not None else 1.0
+        # no bursts by default at platform rates (one send every 1/rate seconds keeps few requests in flight
+        # when a 429 comes); at high rates (a local Bot API server) 10 ms worth, so one claim serves a few rows
+        self.capacity = capacity if capacity is not None else max(1.0, self.rate * 0.01)
         self.tokens = self.capacity
         self.clock = clock
         self.sleep = sleep
@@ -306,8 +314,27 @@ class TokenBucket:
                 await self.sleep((1.0 - self.tokens) / self.rate)
                 waited = True
 
+    def take_now(self, count: int) -> int:
+        """Take up to ``count`` more tokens without waiting (right after acquire()); returns how many."""
+        if count <= 0 or self.paused_for() > 0:
+            return 0
+        now = self.clock()
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        taken = min(count, int(self.tokens))
+        self.tokens -= taken
+        return taken
+
+    def refund(self, count: int) -> None:
+        """Give back tokens taken for rows that were not there after all."""
+        if self.paused_for() <= 0:
+            self.tokens = min(max(self.capacity, 1.0), self.tokens + count)
+
 
 # --- the sender -------------------------------------------------------------------------------------------
+
+# rows the sender called the platform for but never learnt the answer of (the process died mid-call)
+UNCONFIRMED = "unconfirmed"
 
 
 @dataclass
@@ -319,8 +346,28 @@ class _Claimed:
     person_id: int | None
 
 
+# senders running in this process, per (database, channel): on SQLite (one process) a starting sender with
+# no sibling knows that rows left ``sending`` belong to a dead process
+_RUNNING: dict[tuple[str, str], int] = {}
+_RUNNING_GUARD = threading.Lock()
+
+
+def _lock_key(channel: str) -> int:
+    """A stable 63-bit key for the PostgreSQL advisory lock that live senders of a channel share."""
+    return zlib.crc32(f"hoctap-outbox:{channel}".encode()) | (0x4F42 << 32)
+
+
 class OutboxSender:
-    """Drains one channel's outbox through its transport. ``run_once()`` for tests, ``run()`` in the server."""
+    """Drains one channel's outbox through its transport. ``run_once()`` for tests, ``run()`` in the server.
+
+    Rows are claimed just in time: a row becomes ``sending`` in the commit right before its platform call,
+    never earlier, so a crash can only leave ``sending`` the few rows whose call was in flight. Those are
+    not sent again (the platform may have delivered them: Telegram and Zalo have no idempotency key); at
+    the next start, or once their lease runs out when other senders are alive, they become
+    ``unconfirmed``. Per chat, rows go out in id order, one at a time, ``per_chat_interval`` apart; the
+    interval is also written into the chat's queued rows (``not_before``), so it holds across restarts
+    and across processes.
+    """
 
     def __init__(
         self,
@@ -334,6 +381,7 @@ class OutboxSender:
         max_in_flight: int = 8,
         max_attempts: int = 8,
         poll_seconds: float = 1.0,
+        lease_seconds: float = 120.0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         now: Callable[[], datetime] = utcnow,
@@ -343,22 +391,22 @@ class OutboxSender:
         self.transport = transport
         self.per_chat_interval = per_chat_interval
         self.batch_size = batch_size
+        self.max_in_flight = max(1, max_in_flight)
         self.max_attempts = max_attempts
         self.poll_seconds = poll_seconds
         self.clock = clock
         self.sleep = sleep
         self.now = now
         self.bucket = TokenBucket(rate_per_second, clock=clock, sleep=sleep)
-        # a claim must outlive the slowest batch: every row to one chat, one per interval
-        self.lease = timedelta(seconds=60 + batch_size * max(per_chat_interval, 0.0))
-        self._last_sent: dict[str, float] = {}
+        # a claimed row is in flight for at most the transport's timeouts; a lease far beyond them
+        self.lease = timedelta(seconds=lease_seconds)
+        self._cooling: dict[str, float] = {}  # chat -> clock() when its next row may go
+        self._in_flight_chats: set[str] = set()
         self._wake = asyncio.Event()
         self._stopping = False
-        self._halt_batch = False
-        self._marks: GroupCommit[tuple[int, datetime, str | None], None] = GroupCommit(self._mark_sent)
-        # calls in flight at once: httpx (under PTB) costs ~3× the CPU per request with 50 concurrent
-        # requests on its pool than with 8, and 8 already keep a local Bot API busy
-        self._in_flight = asyncio.Semaphore(max_in_flight)
+        self._next_sweep = 0.0
+        self._marks: GroupCommit[tuple[int, str, datetime, str | None], None] = GroupCommit(self._mark_sent)
+        self._lock_conn: Any = None
 
     # lifecycle
 
@@ -369,78 +417,232 @@ class OutboxSender:
     async def run(self) -> None:
         """Send until stop() is called."""
         self._stopping = False
-        while not self._stopping:
-            self._wake.clear()
+        key = (str(self.engine.url), self.channel)
+        with _RUNNING_GUARD:
+            alone = _RUNNING.get(key, 0) == 0
+            _RUNNING[key] = _RUNNING.get(key, 0) + 1
+        try:
             try:
-                sent = await self.run_once()
-            except Exception as exc:  # noqa: BLE001 - the loop must survive a database hiccup
-                log.warning("outbox %s: batch failed (%s)", self.channel, type(exc).__name__)
-                sent = 0
-            if sent or self._stopping:
-                continue
-            wait = max(self.poll_seconds, self.bucket.paused_for())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=wait)
+                await asyncio.to_thread(self._start, alone)
+            except Exception as exc:  # noqa: BLE001 - leases still settle the rows later
+                log.warning("outbox %s: start-up check failed (%s)", self.channel, type(exc).__name__)
+            while not self._stopping:
+                self._wake.clear()
+                try:
+                    sent = await self.run_once()
+                except Exception as exc:  # noqa: BLE001 - the loop must survive a database hiccup
+                    log.warning("outbox %s: batch failed (%s)", self.channel, type(exc).__name__)
+                    sent = 0
+                if sent or self._stopping:
+                    continue
+                await self._idle(max(self.poll_seconds, self.bucket.paused_for()))
+        finally:
+            with _RUNNING_GUARD:
+                _RUNNING[key] -= 1
+                if not _RUNNING[key]:
+                    del _RUNNING[key]
+            await asyncio.to_thread(self._release_lock)
 
     def stop(self) -> None:
-        """Finish the calls in flight, put the other claimed rows back, and leave run()."""
+        """Finish the calls in flight, mark them, and leave run(); queued rows stay queued."""
         self._stopping = True
         self._wake.set()
 
+    async def _idle(self, seconds: float) -> None:
+        """Wait ``seconds`` or until woken."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+
+    def _start(self, alone: bool) -> None:
+        """Settle rows a dead sender left ``sending`` when no other sender of this channel is alive."""
+        if self.engine.dialect.name == "postgresql":
+            conn = self.engine.connect()
+            try:
+                alone = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": _lock_key(self.channel)})
+                             .scalar())
+                if alone:  # no live sender holds the shared lock: every `sending` row is a dead one's
+                    self.settle_unconfirmed(all_rows=True)
+                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _lock_key(self.channel)})
+                conn.execute(text("SELECT pg_advisory_lock_shared(:k)"), {"k": _lock_key(self.channel)})
+                conn.commit()  # the session-level lock outlives the transaction
+            except Exception:
+                conn.invalidate()
+                raise
+            self._lock_conn = conn
+        elif alone:
+            self.settle_unconfirmed(all_rows=True)
+
+    def _release_lock(self) -> None:
+        conn, self._lock_conn = self._lock_conn, None
+        if conn is not None:
+            conn.invalidate()  # closing the session releases its advisory locks; never back to the pool
+
+    def settle_unconfirmed(self, *, all_rows: bool = False) -> int:
+        """Mark ``unconfirmed`` the rows left ``sending`` by a dead sender (all, or those past their lease)."""
+        table = OutboxMessage.__table__  # type: ignore[attr-defined]
+        stmt = update(table).where(table.c.channel == self.channel, table.c.status == "sending")
+        if not all_rows:
+            stmt = stmt.where(table.c.not_before < self.now())
+        stmt = stmt.values(status=UNCONFIRMED, last_error="the sender stopped during the platform call; "
+                                                          "not sent again (it may have been delivered)")
+        with write_lock(self.engine), self.engine.begin() as conn:
+            count = conn.execute(stmt).rowcount or 0
+        if count:
+            log.warning("outbox %s: %s row(s) left in flight by a stopped sender marked unconfirmed",
+                        self.channel, count)
+        return count
+
+    # the loop
+
     async def run_once(self) -> int:
-        """Claim ready rows batch by batch and send them; returns how many rows were handled."""
+        """Send every row that is ready now (waiting out per-chat intervals); returns how many were handled."""
         handled = 0
-        while not self._stopping:
-            if self.bucket.paused_for() > 0:
-                break
-            rows = await asyncio.to_thread(self._claim)
-            if not rows:
-                break
-            self._halt_batch = False
-            by_chat: dict[str, list[_Claimed]] = {}
-            for row in rows:
-                by_chat.setdefault(row.chat_id, []).append(row)
-            results = await asyncio.gather(*(self._send_chat(chat_rows) for chat_rows in by_chat.values()))
-            handled += sum(results)
-            if self._halt_batch:
-                break
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def settle_some() -> None:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            tasks.difference_update(done)
+
+        try:
+            while not self._stopping:
+                if self.bucket.paused_for() > 0:
+                    break
+                free = self.max_in_flight - len(tasks)
+                # refill in waves: one claim for several rows, not a commit per finished call
+                if free <= 0 or (tasks and free < max(1, self.max_in_flight // 2)):
+                    await settle_some()
+                    continue
+                if not await self.bucket.acquire(lambda: self._stopping):
+                    break
+                want = 1 + self.bucket.take_now(min(free, self.batch_size) - 1)
+                rows, wait = await asyncio.to_thread(self._claim, want)
+                if len(rows) < want:
+                    self.bucket.refund(want - len(rows))
+                for row in rows:
+                    self._in_flight_chats.add(row.chat_id)
+                    tasks.add(asyncio.create_task(self._send_row(row)))
+                handled += len(rows)
+                if rows:
+                    continue
+                if tasks:
+                    await settle_some()  # a call in flight may free its chat's next row
+                elif wait is not None and wait <= max(self.per_chat_interval, 0.0) + 0.05:
+                    await self._sleep_or_wake(wait)  # a chat's next row, once its interval has passed
+                else:
+                    break
+        finally:
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
         return handled
+
+    async def _sleep_or_wake(self, seconds: float) -> None:
+        sleeper = asyncio.ensure_future(self.sleep(seconds))
+        waker = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (sleeper, waker):
+                task.cancel()
+        self._wake.clear()
 
     # claiming and marking (sync, run in a thread)
 
-    def _claim(self) -> list[_Claimed]:
+    def _claim(self, want: int) -> tuple[list[_Claimed], float | None]:
+        """Claim up to ``want`` rows to send now, heads of distinct chats; and the seconds until the next row
+        that waits only for its chat's interval (None when there is none soon)."""
         now = self.now()
-        with write_lock(self.engine), Session(self.engine, expire_on_commit=False) as session:
-            query = (
-                select(OutboxMessage)
-                .where(
-                    OutboxMessage.channel == self.channel,
-                    or_(col(OutboxMessage.status) == "queued", col(OutboxMessage.status) == "sending"),
-                    col(OutboxMessage.not_before) <= now,
-                )
-                .order_by(col(OutboxMessage.priority), col(OutboxMessage.id))
-                .limit(self.batch_size)
+        mono = self.clock()
+        if mono >= self._next_sweep:  # rows of senders that died while others lived
+            self._next_sweep = mono + 30.0
+            self.settle_unconfirmed()
+        table = OutboxMessage.__table__  # type: ignore[attr-defined]
+        earlier = table.alias("earlier")
+        blocked = (
+            select(literal(1))
+            .select_from(earlier)
+            .where(
+                earlier.c.channel == table.c.channel,
+                earlier.c.chat_id == table.c.chat_id,
+                earlier.c.id < table.c.id,
+                or_(earlier.c.status == "sending",
+                    and_(earlier.c.status == "queued", earlier.c.not_before <= bindparam("now"))),
             )
-            if self.engine.dialect.name == "postgresql":
-                query = query.with_for_update(skip_locked=True)
-            rows = list(session.exec(query))
-            claimed = []
-            for row in rows:
-                if row.status == "sending":
-                    log.info(
-                        "outbox %s: row %s was left sending by a crash; sending again", self.channel, row.id
-                    )
-                row.status = "sending"
-                row.attempts += 1
-                row.not_before = now + self.lease
-                claimed.append(
-                    _Claimed(row.id or 0, row.chat_id, dict(row.payload), row.attempts, row.person_id)
+            .exists()
+        )
+        query = (
+            select(table.c.id, table.c.chat_id, table.c.payload, table.c.attempts, table.c.person_id)
+            .where(
+                table.c.channel == self.channel,
+                table.c.status == "queued",
+                table.c.not_before <= bindparam("now"),
+                ~blocked,
+            )
+            .order_by(table.c.priority, table.c.id)
+            .limit(max(4 * want, 32))
+        )
+        if self.engine.dialect.name == "postgresql":
+            query = query.with_for_update(skip_locked=True, of=table)
+        with write_lock(self.engine), self.engine.begin() as conn:
+            found = conn.execute(query, {"now": now}).all()
+            chosen: list[_Claimed] = []
+            cooling: dict[str, float] = {}
+            chats: set[str] = set()
+            for row_id, chat_id, payload, attempts, person_id in found:
+                if chat_id in chats or chat_id in self._in_flight_chats:
+                    continue
+                ready = self._cooling.get(chat_id)
+                if ready is not None and ready > mono:
+                    cooling[chat_id] = ready
+                    continue
+                if len(chosen) < want:
+                    chats.add(chat_id)
+                    chosen.append(_Claimed(row_id, chat_id, dict(payload), attempts + 1, person_id))
+            if chosen:
+                conn.execute(
+                    update(table)
+                    .where(table.c.id == bindparam("b_id"), table.c.status == "queued")
+                    .values(status="sending", attempts=bindparam("b_attempts"), not_before=now + self.lease),
+                    [{"b_id": c.id, "b_attempts": c.attempts} for c in chosen],
                 )
-            session.commit()
-            return claimed
+            if cooling:  # rows queued during their chat's interval: out of the way until it has passed
+                self._defer_chats(conn, [(chat, now + timedelta(seconds=ready - mono))
+                                         for chat, ready in cooling.items()])
+        wait = min(cooling.values()) - mono if cooling else None
+        if wait is None and not chosen:
+            wait = self._next_ready(now)
+        return chosen, wait
 
-    def _mark_sent(self, marks: list[tuple[int, datetime, str | None]]) -> list[None]:
-        """Mark many rows sent in one transaction (one UPDATE per row, executemany)."""
+    def _next_ready(self, now: datetime) -> float | None:
+        """Seconds until the next queued row of this channel is due, if within one interval."""
+        horizon = now + timedelta(seconds=max(self.per_chat_interval, 0.0) + 0.05)
+        table = OutboxMessage.__table__  # type: ignore[attr-defined]
+        with self.engine.connect() as conn:
+            due = conn.execute(
+                select(table.c.not_before)
+                .where(table.c.channel == self.channel, table.c.status == "queued",
+                       table.c.not_before > now, table.c.not_before <= horizon)
+                .order_by(table.c.not_before)
+                .limit(1)
+            ).scalar()
+        if due is None:
+            return None
+        if due.tzinfo is None:
+            due = due.replace(tzinfo=UTC)
+        return max((due - now).total_seconds(), 0.0)
+
+    def _defer_chats(self, conn: Any, chats: list[tuple[str, datetime]]) -> None:
+        """Keep the queued rows of these chats until the given times (the per-chat interval, a backoff)."""
+        table = OutboxMessage.__table__  # type: ignore[attr-defined]
+        conn.execute(
+            update(table)
+            .where(table.c.channel == self.channel, table.c.chat_id == bindparam("b_chat"),
+                   table.c.status == "queued", table.c.not_before < bindparam("b_until"))
+            .values(not_before=bindparam("b_until")),
+            [{"b_chat": chat, "b_until": until} for chat, until in chats],
+        )
+
+    def _mark_sent(self, marks: list[tuple[int, str, datetime, str | None]]) -> list[None]:
+        """Mark many rows sent in one transaction; their chats' next rows wait for the interval."""
         table = OutboxMessage.__table__  # type: ignore[attr-defined]
         stmt = (
             update(table)
@@ -448,21 +650,21 @@ class OutboxSender:
             .values(status="sent", sent_at=bindparam("b_at"), platform_message_id=bindparam("b_mid"),
                     last_error=None)
         )
-        with write_lock(self.engine), Session(self.engine) as session:
-            session.connection().execute(
-                stmt, [{"b_id": row_id, "b_at": at, "b_mid": mid} for row_id, at, mid in marks]
-            )
-            session.commit()
+        with write_lock(self.engine), self.engine.begin() as conn:
+            conn.execute(stmt, [{"b_id": row_id, "b_at": at, "b_mid": mid} for row_id, _, at, mid in marks])
+            if self.per_chat_interval > 0:
+                gap = timedelta(seconds=self.per_chat_interval)
+                self._defer_chats(conn, [(chat, at + gap) for _, chat, at, _ in marks])
         return [None] * len(marks)
 
-    def _finish(self, row_id: int, **values: Any) -> None:
-        with write_lock(self.engine), Session(self.engine) as session:
-            session.execute(
-                update(OutboxMessage)
-                .where(col(OutboxMessage.id) == row_id, col(OutboxMessage.status) == "sending")
-                .values(**values)
+    def _finish(self, row: _Claimed, *, defer_until: datetime | None = None, **values: Any) -> None:
+        table = OutboxMessage.__table__  # type: ignore[attr-defined]
+        with write_lock(self.engine), self.engine.begin() as conn:
+            conn.execute(
+                update(table).where(table.c.id == row.id, table.c.status == "sending").values(**values)
             )
-            session.commit()
+            if defer_until is not None:  # the chat's later rows wait for this one: order is kept
+                self._defer_chats(conn, [(row.chat_id, defer_until)])
 
     def _mark_unreachable(self, row: _Claimed, reason: str) -> None:
         now = self.now()
@@ -490,66 +692,43 @@ class OutboxSender:
 
     # sending
 
-    async def _send_chat(self, rows: list[_Claimed]) -> int:
-        """One chat's rows, in order, one per interval; returns how many were handled."""
-        handled = 0
-        for index, row in enumerate(rows):
-            if self._stopping or self._halt_batch:
-                await self._release(rows[index:])
-                break
-            last = self._last_sent.get(row.chat_id)
-            if last is not None:
-                wait = last + self.per_chat_interval - self.clock()
-                if wait > 0:
-                    await self.sleep(wait)
-            if not await self.bucket.acquire(lambda: self._stopping or self._halt_batch):
-                await self._release(rows[index:])
-                break
-            await self._send_row(row)
-            self._last_sent[row.chat_id] = self.clock()
-            handled += 1
-        return handled
-
-    async def _release(self, rows: list[_Claimed], *, not_before: datetime | None = None) -> None:
-        """Put claimed rows back, as if never tried."""
-        when = not_before or self.now()
-        for row in rows:
-            await asyncio.to_thread(
-                self._finish, row.id, status="queued", attempts=max(row.attempts - 1, 0), not_before=when
-            )
-
     async def _send_row(self, row: _Claimed) -> None:
         try:
-            async with self._in_flight:
-                message_id = await self.transport.send(row.chat_id, row.payload)
+            await self._call(row)
+        finally:
+            self._in_flight_chats.discard(row.chat_id)
+            if self.per_chat_interval > 0:
+                self._cooling[row.chat_id] = self.clock() + self.per_chat_interval
+                if len(self._cooling) > 4096:  # forget chats whose interval has passed
+                    mono = self.clock()
+                    self._cooling = {c: t for c, t in self._cooling.items() if t > mono}
+
+    async def _call(self, row: _Claimed) -> None:
+        try:
+            message_id = await self.transport.send(row.chat_id, row.payload)
         except RetryAfterError as exc:
-            # pause the whole channel, as the platform asks; this row and the rest of the batch wait
+            # pause the whole channel, as the platform asks; this row goes back, untried, and waits
             self.bucket.pause(exc.retry_after)
-            self._halt_batch = True
             log.warning("outbox %s: rate limited, pausing %.1fs", self.channel, exc.retry_after)
-            await self._release([row], not_before=self.now() + timedelta(seconds=exc.retry_after))
+            until = self.now() + timedelta(seconds=exc.retry_after)
+            await asyncio.to_thread(self._finish, row, defer_until=until, status="queued",
+                                    attempts=max(row.attempts - 1, 0), not_before=until)
         except UnreachableError as exc:
             log.info("outbox %s: row %s unreachable", self.channel, row.id)
             await asyncio.to_thread(self._mark_unreachable, row, str(exc) or "unreachable")
         except PermanentError as exc:
             log.warning("outbox %s: row %s refused by the platform", self.channel, row.id)
-            await asyncio.to_thread(self._finish, row.id, status="failed", last_error=str(exc)[:500])
+            await asyncio.to_thread(self._finish, row, status="failed", last_error=str(exc)[:500])
         except Exception as exc:  # noqa: BLE001 - TransientError and anything unexpected: retry with backoff
             error = f"{type(exc).__name__}: {exc}"[:500]
             if row.attempts >= self.max_attempts:
                 log.warning("outbox %s: row %s failed after %s attempts", self.channel, row.id, row.attempts)
-                await asyncio.to_thread(self._finish, row.id, status="failed", last_error=error)
+                await asyncio.to_thread(self._finish, row, status="failed", last_error=error)
             else:
-                delay = min(2.0 ** (row.attempts - 1), 300.0)
-                await asyncio.to_thread(
-                    self._finish,
-                    row.id,
-                    status="queued",
-                    last_error=error,
-                    not_before=self.now() + timedelta(seconds=delay),
-                )
+                until = self.now() + timedelta(seconds=min(2.0 ** (row.attempts - 1), 300.0))
+                await asyncio.to_thread(self._finish, row, defer_until=until, status="queued",
+                                        last_error=error, not_before=until)
         else:
-            # committed right after the call: alone when nothing else is in flight (the at-least-once window
-            # is this one statement), together with the marks of the sends that finished meanwhile under
-            # load (one commit for many; the window is then one such flush)
-            await self._marks.submit((row.id, self.now(), message_id))
+            # committed right after the call: alone when nothing else is in flight, together with the marks
+            # of the calls that finished meanwhile under load (one commit for many)
+            await self._marks.submit((row.id, row.chat_id, self.now(), message_id))

@@ -303,7 +303,11 @@ class InboxUpdate(SQLModel, table=True):
 class OutboxMessage(SQLModel, table=True):
     """An outgoing message with an idempotency key: sent once, survives restarts."""
 
-    __table_args__ = (Index("ix_outbox_ready", "channel", "status", "priority", "not_before", "id"),)
+    __table_args__ = (
+        Index("ix_outbox_ready", "channel", "status", "priority", "not_before", "id"),
+        # per-chat order and interval: a chat's earlier unsent rows, its queued rows
+        Index("ix_outbox_chat", "channel", "chat_id", "status", "id"),
+    )
     id: int | None = Field(default=None, primary_key=True)
     idempotency_key: str = Field(unique=True)
     channel: str
@@ -311,7 +315,7 @@ class OutboxMessage(SQLModel, table=True):
     person_id: int | None = Field(default=None, foreign_key="person.id", index=True)
     payload: dict[str, Any] = json_field()  # flows.types.Say.to_json()
     priority: int = 0  # 0 = reply in a conversation, 10 = bulk (reminders)
-    status: str = "queued"  # queued | sending | sent | failed | unreachable
+    status: str = "queued"  # queued | sending | sent | failed | unreachable | unconfirmed
     campaign: str | None = Field(default=None, index=True)
     attempts: int = 0
     not_before: datetime = created_field()

@@ -219,22 +219,112 @@ def test_restart_in_the_middle_of_a_broadcast_sends_every_row_exactly_once(engin
     assert sorted(fake.sent_texts()) == sorted(text for _, text in texts)
 
 
-def test_rows_left_sending_by_a_crash_are_sent_after_their_lease(engine, tmp_path, fake) -> None:
+def test_rows_left_sending_by_a_crash_are_never_sent_again(engine, tmp_path, fake) -> None:
+    """A row whose platform call was in flight when the process died may have been delivered: a restarted
+    sender marks it unconfirmed and does not send it again; the chat's later rows go out at once."""
     queue(engine, [("7", "a"), ("8", "b")])
     settings = tg_settings(tmp_path, fake)
 
     async def crash(sender: OutboxSender) -> None:
-        assert len(await asyncio.to_thread(sender._claim)) == 2  # claimed, then the process died
+        rows, _ = await asyncio.to_thread(sender._claim, 5)  # claimed for the call, then the process died
+        assert len(rows) == 2
 
     asyncio.run(with_sender(settings, engine, crash))
     assert set(statuses(engine).values()) == {"sending"}
+    queue(engine, [("7", "after the crash")])
 
-    # another process, before the lease ran out: leaves them alone
-    assert asyncio.run(with_sender(settings, engine, lambda s: s.run_once())) == 0
-    later = Clock()
-    later.offset = timedelta(hours=1)
-    assert asyncio.run(with_sender(settings, engine, lambda s: s.run_once(), now=later)) == 2
-    assert sorted(fake.sent_texts()) == ["a", "b"]
+    async def restart(sender: OutboxSender) -> None:
+        await run_until(sender, lambda: statuses(engine)["k:after the crash"] == "sent")
+
+    asyncio.run(with_sender(settings, engine, restart))
+    assert statuses(engine) == {"k:a": "unconfirmed", "k:b": "unconfirmed", "k:after the crash": "sent"}
+    assert fake.sent_texts() == ["after the crash"]
+
+
+def test_a_live_senders_rows_are_left_alone_until_their_lease_runs_out(engine, tmp_path, fake) -> None:
+    settings = tg_settings(tmp_path, fake)
+
+    async def body(live: OutboxSender) -> None:
+        task = asyncio.create_task(live.run())  # alive (PostgreSQL: holds the channel's shared lock)
+        await asyncio.sleep(0.5)
+        try:
+            queue(engine, [("7", "a")])
+            rows, _ = await asyncio.to_thread(live._claim, 5)  # the live sender's call is in flight
+            assert len(rows) == 1
+            later = Clock()
+
+            async def second(sender: OutboxSender) -> None:
+                await asyncio.to_thread(sender._start, False)  # another sender lives (PostgreSQL: its lock)
+                assert await sender.run_once() == 0
+                assert statuses(engine) == {"k:a": "sending"}
+                later.offset = timedelta(minutes=10)  # past the lease: its owner is gone
+                sender._next_sweep = 0.0
+                assert await sender.run_once() == 0
+                await asyncio.to_thread(sender._release_lock)
+
+            await with_sender(settings, engine, second, now=later)
+        finally:
+            live.stop()
+            await asyncio.wait_for(task, 10)
+
+    asyncio.run(with_sender(settings, engine, body, poll_seconds=60.0))
+    assert statuses(engine) == {"k:a": "unconfirmed"}
+    assert fake.sent_texts() == []
+
+
+def test_a_chat_gets_its_rows_in_order_one_at_a_time(engine, tmp_path, fake) -> None:
+    queue(engine, [("1", "one"), ("2", "other"), ("1", "two"), ("1", "three")])
+    settings = tg_settings(tmp_path, fake)
+
+    async def body(sender: OutboxSender) -> None:
+        rows, _ = await asyncio.to_thread(sender._claim, 10)
+        assert sorted(r.payload["text"] for r in rows) == ["one", "other"]  # heads only, one per chat
+        again, _ = await asyncio.to_thread(sender._claim, 10)
+        assert again == []  # "two" waits while "one" is in flight
+        for row in rows:
+            await sender._send_row(row)
+        assert await sender.run_once() == 2
+
+    asyncio.run(with_sender(settings, engine, body, per_chat_interval=0.2))
+    assert fake.sent_texts("1") == ["one", "two", "three"]
+    assert fake.violations == []
+    arrivals = [c.at for c in fake.calls_of("sendMessage") if str(c.params.get("chat_id")) == "1"]
+    assert min(b - a for a, b in zip(arrivals, arrivals[1:], strict=False)) >= 0.2
+
+
+def test_the_per_chat_interval_holds_across_a_restart(engine, tmp_path, fake) -> None:
+    queue(engine, [("1", "first"), ("1", "second")])
+    settings = tg_settings(tmp_path, fake)
+
+    async def first(sender: OutboxSender) -> None:
+        await run_until(sender, lambda: statuses(engine)["k:first"] == "sent")
+
+    asyncio.run(with_sender(settings, engine, first, per_chat_interval=1.0))
+    assert statuses(engine)["k:second"] == "queued"  # its chat's interval is written into not_before
+
+    async def second(sender: OutboxSender) -> None:  # a new process: no memory of the first send
+        await run_until(sender, lambda: statuses(engine)["k:second"] == "sent")
+
+    asyncio.run(with_sender(settings, engine, second, per_chat_interval=1.0))
+    first_at, second_at = (c.at for c in fake.calls_of("sendMessage"))
+    assert second_at - first_at >= 0.95
+
+
+def test_a_retried_row_keeps_its_place_before_the_chats_later_rows(engine, tmp_path, fake) -> None:
+    fake.fail_next("sendMessage", 1)
+    queue(engine, [("5", "first")])
+    queue(engine, [("5", "second")])
+    clock = Clock()
+
+    async def body(sender: OutboxSender) -> None:
+        assert await sender.run_once() == 1  # "first": 500, backing off; "second" must wait for it
+        assert statuses(engine) == {"k:first": "queued", "k:second": "queued"}
+        clock.offset += timedelta(seconds=5)
+        while await sender.run_once():
+            pass
+
+    asyncio.run(with_sender(tg_settings(tmp_path, fake), engine, body, now=clock))
+    assert fake.sent_texts() == ["first", "second"]
 
 
 def test_per_chat_interval_and_global_rate_use_the_injected_clock(engine) -> None:
@@ -254,6 +344,7 @@ def test_per_chat_interval_and_global_rate_use_the_injected_clock(engine) -> Non
 
     queue(engine, [("1", "a"), ("1", "b"), ("1", "c")])
     transport = Recorder()
+    start = datetime.now(UTC)
     sender = OutboxSender(
         engine=engine,
         channel="telegram",
@@ -262,6 +353,7 @@ def test_per_chat_interval_and_global_rate_use_the_injected_clock(engine) -> Non
         per_chat_interval=1.0,
         clock=lambda: now[0],
         sleep=sleep,
+        now=lambda: start + timedelta(seconds=now[0]),
     )
     assert asyncio.run(sender.run_once()) == 3
     assert [at for at, _ in transport.sent] == [0.0, 1.0, 2.0]

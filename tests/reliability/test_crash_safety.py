@@ -14,7 +14,7 @@ from tests.reliability.crash_harness import Config, run
 def test_nothing_lost_or_processed_twice_across_sigkills(db_url: str, tmp_path: Path) -> None:
     # the schema from Alembic, as `hoctap serve` makes it in production
     report = run(Config(updates=600, families=60, kills=5, database_url=db_url, workdir=tmp_path,
-                        kill_after=(0.1, 1.0), timeout=240.0, schema="migrate"))
+                        kill_after=(0.1, 1.0), timeout=480.0, schema="migrate"))
     figures = report["figures"]
     assert report["problems"] == [], report["problems"][:10]
     assert report["stats"]["kills"] == 5
@@ -23,5 +23,6 @@ def test_nothing_lost_or_processed_twice_across_sigkills(db_url: str, tmp_path: 
     assert figures["photos_stored"] == figures["photos_expected"] > 0
     assert report["continue"]["families_continued"] == 60
     assert report["log_leaks"] == []
-    # the sender's documented at-least-once window: measured, reported, bounded (not hidden)
-    assert figures["duplicates_sent"] <= report["resent_after_crash"]
+    # nothing reached Telegram twice or out of order; a row whose call a kill interrupted is not sent again
+    assert figures["duplicates_sent"] == figures["chats_out_of_order"] == 0
+    assert figures["outbox_unconfirmed"] == report["settled_unconfirmed"] <= 5 * 8  # in flight at each kill

@@ -7,8 +7,7 @@ Create Date: 2026-12-01 21:40:00
 
 from collections.abc import Sequence
 
-import sqlalchemy as sa  # noqa: F401
-from alembic import op  # noqa: F401
+from alembic import op
 
 revision: str = 'b1c0outbox01'
 down_revision: str | None = '68d50e106925'
@@ -17,8 +16,8 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    pass
+    op.create_index('ix_outbox_chat', 'outboxmessage', ['channel', 'chat_id', 'status', 'id'], unique=False)
 
 
 def downgrade() -> None:
-    pass
+    op.drop_index('ix_outbox_chat', table_name='outboxmessage')
