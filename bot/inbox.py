@@ -466,20 +466,23 @@ class InboxWorker:
         """Stage one row's work in ``session``: (the row's new status, "done" or "queued")."""
         queued = False
         if inbound.event is not None:
-            process = self.process or _default_process()
-            says = process(
-                session,
-                channel=row.channel,
-                chat_id=inbound.chat_id,
-                event=inbound.event,
-                now=now,
-                settings=self.settings,
-                idempotency_base=f"{row.channel}:{row.update_id}",
-                user_id=inbound.user_id or inbound.chat_id,
-                display_name=inbound.display_name,
-            )
+            common = {
+                "channel": row.channel,
+                "chat_id": inbound.chat_id,
+                "event": inbound.event,
+                "now": now,
+                "settings": self.settings,
+                "idempotency_base": f"{row.channel}:{row.update_id}",
+                "user_id": inbound.user_id or inbound.chat_id,
+                "display_name": inbound.display_name,
+            }
+            if self.process is None:
+                # bot.uow clears "unreachable" itself, from the person row it reads anyway
+                says = _default_process()(session, **common, clear_unreachable=True)  # type: ignore[call-arg]
+            else:
+                says = self.process(session, **common)
+                _clear_unreachable(session, channel=row.channel, user_id=inbound.user_id or inbound.chat_id)
             queued = bool(says)
-            _clear_unreachable(session, channel=row.channel, user_id=inbound.user_id or inbound.chat_id)
         for index, say in enumerate(inbound.replies):
             enqueue(
                 session,

@@ -13,19 +13,24 @@ import secrets
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import and_, bindparam, func, insert, update
+from sqlalchemy import select as core_select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 from vietnam_provinces import Province as VnProvince
 from vietnam_provinces import Ward
 
 from bot import media
 from bot.login_links import create_login_link
-from bot.outbox import PRIORITY_REPLY, enqueue
-from bot.view_db import DbView
+from bot.outbox import PRIORITY_REPLY, utcnow
+from bot.view_db import AssessmentRow, DbView, Preload
 from flows import effects as fx
 from flows.effects import Subject
 from flows.engine import handle
 from flows.i18n import t
 from flows.types import ConversationState, Event, Say
+from flows.view import PersonInfo, Role
+from models.db import Prepared
 from models.tables import (
     Assessment,
     AuditLog,
@@ -37,6 +42,7 @@ from models.tables import (
     Evidence,
     Household,
     Officer,
+    OutboxMessage,
     Person,
     Province,
     Registration,
@@ -52,40 +58,193 @@ PROCESSED = "flow.processed"
 
 def process_event(session: Session, *, channel: str, chat_id: str, event: Event, now: datetime,
                   settings: Any = None, idempotency_base: str | None = None, user_id: str | None = None,
-                  display_name: str = "") -> list[Say]:
-    """Run one event through the flows and stage every change in ``session``; returns the replies."""
-    if idempotency_base is not None and _already_processed(session, idempotency_base):
-        return []
-    identity = _identity(session, channel=channel, user_id=user_id or chat_id, chat_id=chat_id,
-                         display_name=display_name)
-    conversation = session.exec(select(Conversation).where(Conversation.identity_id == identity.id)).first()
-    if conversation is None:
-        conversation = Conversation(identity_id=identity.id or 0, state={})
-        session.add(conversation)
-    state = ConversationState.from_json(conversation.state)
-    view = DbView(session, identity, settings)
+                  display_name: str = "", clear_unreachable: bool = False) -> list[Say]:
+    """Run one event through the flows and stage every change in ``session``; returns the replies.
+
+    ``clear_unreachable``: the person behind the chat wrote to us, so they can be written to again (their
+    ``unreachable_at`` is cleared, in the same transaction; bot.inbox asks for it)."""
+    user_id = user_id or chat_id
+    session.flush()  # pending ORM changes first: the reads below go to the database, not the session
+    loaded = _load(session, channel=channel, user_id=user_id, base=idempotency_base)
+    if loaded is None:  # no identity yet (or never on this channel)
+        if idempotency_base is not None and _already_processed(session, idempotency_base):
+            return []
+        row = _identity(session, channel=channel, user_id=user_id, chat_id=chat_id, display_name=display_name)
+        identity = _Identity(row.id or 0, channel, user_id, row.chat_id, row.person_id, row)
+        conversation_id, stored_state, unreachable, preload = None, None, False, None
+    else:
+        if loaded.processed:
+            return []
+        identity = loaded.identity
+        if identity.chat_id != chat_id:
+            _CHAT_ID.rows(session, {"b_id": identity.id, "chat_id": chat_id})
+            _expire(session, ChatIdentity, identity.id)
+            identity.chat_id = chat_id
+        conversation_id, stored_state, unreachable, preload = (loaded.conversation_id, loaded.state,
+                                                               loaded.unreachable, loaded.preload)
+    state = ConversationState.from_json(stored_state)
+    view = DbView(session, identity, settings, preload=preload)
     step = handle(state, event, view, now)
 
-    applier = _Applier(session, identity, now, settings)
+    applier = _Applier(session, identity, now, settings, view=view,
+                       fast=all(type(e) is fx.SaveAnswer for e in step.effects))
     base = idempotency_base or f"{channel}:{chat_id}:{secrets.token_hex(8)}"
     for effect in step.effects:
         applier.apply(effect)
-    conversation.state = step.state.to_json()
-    conversation.updated_at = now
-    session.add(conversation)
+    session.flush()  # the effects' ORM rows (ids for the rows below; Core statements follow)
+    state_json = step.state.to_json()
+    if conversation_id is not None:
+        _SAVE_STATE.rows(session, {"b_id": conversation_id, "state": state_json, "now": now})
+        _expire(session, Conversation, conversation_id)
+    else:
+        _NEW_STATE.rows(session, {"identity_id": identity.id, "state": state_json, "now": now})
 
     person_id = identity.person_id
-    for n, say in enumerate(step.outputs):
-        _enqueue(session, key=f"{base}:{n}", channel=channel, chat_id=identity.chat_id, person_id=person_id,
-                 say=say, now=now)
+    replies = [_reply(key=f"{base}:{n}", channel=channel, chat_id=identity.chat_id, person_id=person_id, say=say,
+                      now=now) for n, say in enumerate(step.outputs)]
     for n, (target, say) in enumerate(applier.notifications):
         for other in session.exec(select(ChatIdentity).where(ChatIdentity.person_id == target)).all():
-            _enqueue(session, key=f"{base}:notify:{n}:{other.id}", channel=other.channel, chat_id=other.chat_id,
-                     person_id=target, say=say, now=now)
-    session.add(AuditLog(at=now, actor=f"chat:{channel}", action=PROCESSED, target=base,
-                         detail={"step": step.state.step, "effects": [type(e).__name__ for e in step.effects]}))
-    session.flush()
+            replies.append(_reply(key=f"{base}:notify:{n}:{other.id}", channel=other.channel,
+                                  chat_id=other.chat_id, person_id=target, say=say, now=now))
+    _ENQUEUE.many(session, replies)
+    _AUDIT.rows(session, {"at": now, "actor": f"chat:{channel}", "action": PROCESSED, "target": base,
+                          "detail": {"step": step.state.step, "effects": [type(e).__name__ for e in step.effects]}})
+    # only the person read above can be unreachable (one registered in this step is not)
+    if clear_unreachable and unreachable and identity.person_id == identity.person_id_loaded:
+        _REACHABLE.rows(session, {"b_id": identity.person_id})
+        _expire(session, Person, identity.person_id)
     return list(step.outputs)
+
+
+class _Identity:
+    """The chat identity as the hot path needs it; the ORM row is loaded only for effects that change it."""
+
+    __slots__ = ("id", "channel", "user_id", "chat_id", "person_id", "person_id_loaded", "_row")
+
+    def __init__(self, id: int, channel: str, user_id: str, chat_id: str, person_id: int | None,
+                 row: ChatIdentity | None = None) -> None:
+        self.id, self.channel, self.user_id, self.chat_id = id, channel, user_id, chat_id
+        self.person_id = self.person_id_loaded = person_id
+        self._row = row
+
+    def row(self, session: Session) -> ChatIdentity:
+        if self._row is None:
+            self._row = session.get(ChatIdentity, self.id)
+            assert self._row is not None
+        return self._row
+
+
+class _Loaded:
+    __slots__ = ("identity", "conversation_id", "state", "preload", "unreachable", "processed")
+
+    def __init__(self, identity: _Identity, conversation_id: int | None, state: Any, preload: Preload,
+                 unreachable: bool, processed: bool) -> None:
+        self.identity, self.conversation_id, self.state = identity, conversation_id, state
+        self.preload, self.unreachable, self.processed = preload, unreachable, processed
+
+
+def _load_statement(_dialect: Any) -> Any:
+    """Identity, conversation, person (with commune, roles, what they head) and "already processed", in one
+    statement: one row per role grant that is not revoked (or one row without)."""
+    ci, cv, p, cm, rg = (t.__table__ for t in (ChatIdentity, Conversation, Person, Commune, RoleGrant))  # type: ignore[attr-defined]
+    al, h, c, u = (t.__table__ for t in (AuditLog, Household, Clan, Unit))  # type: ignore[attr-defined]
+    processed = (
+        core_select(al.c.id).where(al.c.action == PROCESSED, al.c.target == bindparam("base")).limit(1)
+        .scalar_subquery()
+    )
+    household = core_select(func.min(h.c.id)).where(h.c.head_person_id == p.c.id).scalar_subquery()
+    clan = core_select(func.min(c.c.id)).where(c.c.head_person_id == p.c.id).scalar_subquery()
+    unit = core_select(func.min(u.c.id)).where(u.c.rep_person_id == p.c.id).scalar_subquery()
+    return (
+        core_select(
+            ci.c.id, ci.c.chat_id, ci.c.person_id, cv.c.id, cv.c.state, p.c.id, p.c.name, p.c.phone,
+            p.c.commune_code, p.c.village_id, p.c.unreachable_at.is_not(None), cm.c.code, cm.c.province_code,
+            rg.c.role, rg.c.status, rg.c.commune_code, rg.c.village_id, household, clan, unit, processed,
+        )
+        .select_from(
+            ci.outerjoin(cv, cv.c.identity_id == ci.c.id)
+            .outerjoin(p, p.c.id == ci.c.person_id)
+            .outerjoin(cm, cm.c.code == p.c.commune_code)
+            .outerjoin(rg, and_(rg.c.person_id == p.c.id, rg.c.status != "revoked"))
+        )
+        .where(ci.c.channel == bindparam("channel"), ci.c.user_id == bindparam("user_id"))
+        .order_by(rg.c.id)
+    )
+
+
+_LOAD = Prepared(_load_statement)
+
+
+def _load(session: Session, *, channel: str, user_id: str, base: str | None) -> _Loaded | None:
+    rows = _LOAD.rows(session, {"channel": channel, "user_id": user_id, "base": base})
+    if not rows:
+        return None
+    (identity_id, chat_id, person_id, conversation_id, state, pid, name, phone, commune_code, village_id,
+     unreachable, commune, province, *_role, household, clan, unit, processed) = rows[0]
+    me = None
+    local: tuple[str, ...] = ()
+    if pid is not None:
+        roles = tuple(Role(r[13], r[14], r[15], r[16]) for r in rows if r[13] is not None)
+        me = PersonInfo(pid, name, phone, commune_code, village_id, roles, household, clan, unit)
+        if commune is not None:
+            local = (str(province), f"{province}/{commune}")
+    identity = _Identity(identity_id, channel, user_id, chat_id, person_id)
+    return _Loaded(identity, conversation_id, state, Preload(me, local), bool(unreachable), processed is not None)
+
+
+def _table(model: Any) -> Any:
+    return model.__table__
+
+
+_SAVE_STATE = Prepared(lambda _d: update(_table(Conversation)).where(_table(Conversation).c.id == bindparam("b_id"))
+                       .values(state=bindparam("state"), updated_at=bindparam("now")))
+_NEW_STATE = Prepared(lambda _d: insert(_table(Conversation)).values(identity_id=bindparam("identity_id"),
+                                                                     state=bindparam("state"),
+                                                                     updated_at=bindparam("now")))
+_CHAT_ID = Prepared(lambda _d: update(_table(ChatIdentity)).where(_table(ChatIdentity).c.id == bindparam("b_id"))
+                    .values(chat_id=bindparam("chat_id")))
+_REACHABLE = Prepared(lambda _d: update(_table(Person))
+                      .where(_table(Person).c.id == bindparam("b_id"), _table(Person).c.unreachable_at.is_not(None))
+                      .values(unreachable_at=None, unreachable_reason=None))
+_AUDIT = Prepared(lambda _d: insert(_table(AuditLog)).values(
+    at=bindparam("at"), actor=bindparam("actor"), action=bindparam("action"), target=bindparam("target"),
+    detail=bindparam("detail")))
+_SAVE_ANSWERS = Prepared(lambda _d: update(_table(Assessment)).where(_table(Assessment).c.id == bindparam("b_id"))
+                         .values(answers=bindparam("answers"), answered_by=bindparam("answered_by"),
+                                 updated_at=bindparam("now")))
+_SAVE_ANSWERS_PROXY = Prepared(lambda _d: update(_table(Assessment))
+                               .where(_table(Assessment).c.id == bindparam("b_id"))
+                               .values(answers=bindparam("answers"), answered_by=bindparam("answered_by"),
+                                       updated_at=bindparam("now"), proxy=True, proxy_by=bindparam("proxy_by")))
+_OUTBOX_COLUMNS = ("idempotency_key", "channel", "chat_id", "person_id", "payload", "priority", "status", "campaign",
+                   "attempts", "not_before", "created_at")
+
+
+def _enqueue_statement(dialect: Any) -> Any:
+    """bot.outbox.enqueue's INSERT … ON CONFLICT (idempotency_key) DO NOTHING, for many rows at once."""
+    table = _table(OutboxMessage)
+    insert_of = postgresql.insert if dialect.name == "postgresql" else sqlite.insert
+    return (insert_of(table).values({name: bindparam(name) for name in _OUTBOX_COLUMNS})
+            .on_conflict_do_nothing(index_elements=["idempotency_key"]))
+
+
+_ENQUEUE = Prepared(_enqueue_statement)
+
+
+def _reply(*, key: str, channel: str, chat_id: str, person_id: int | None, say: Say, now: datetime) -> dict[str, Any]:
+    """The row bot.outbox.enqueue would queue for a reply (priority reply, not before ``now``)."""
+    return {"idempotency_key": key, "channel": channel, "chat_id": str(chat_id), "person_id": person_id,
+            "payload": say.to_json(), "priority": PRIORITY_REPLY, "status": "queued", "campaign": None,
+            "attempts": 0, "not_before": now, "created_at": utcnow()}
+
+
+def _expire(session: Session, model: Any, row_id: int | None) -> None:
+    """A row changed behind the ORM's back: forget a loaded copy, if any (the next access reloads it)."""
+    if not session.identity_map:
+        return
+    loaded = session.identity_map.get(session.identity_key(model, row_id))  # type: ignore[arg-type]
+    if loaded is not None:
+        session.expire(loaded)
 
 
 def _already_processed(session: Session, base: str) -> bool:
@@ -105,12 +264,6 @@ def _identity(session: Session, *, channel: str, user_id: str, chat_id: str, dis
         identity.chat_id = chat_id
         session.add(identity)
     return identity
-
-
-def _enqueue(session: Session, *, key: str, channel: str, chat_id: str, person_id: int | None, say: Say,
-             now: datetime) -> None:
-    enqueue(session, channel=channel, chat_id=chat_id, message=say, idempotency_key=key, priority=PRIORITY_REPLY,
-            person_id=person_id, not_before=now)
 
 
 def ensure_commune(session: Session, code: int) -> Commune:
@@ -135,13 +288,18 @@ def ensure_commune(session: Session, code: int) -> Commune:
 class _Applier:
     """Turns effects into rows. Remembers rows created earlier in the same step (person, village)."""
 
-    def __init__(self, session: Session, identity: ChatIdentity, now: datetime, settings: Any = None) -> None:
+    def __init__(self, session: Session, identity: _Identity, now: datetime, settings: Any = None, *,
+                 view: DbView | None = None, fast: bool = False) -> None:
         self.settings = settings
         self.session = session
         self.identity = identity
         self.now = now
         self.proposed_village: Village | None = None
         self.notifications: list[tuple[int, Say]] = []
+        self.view = view
+        # every effect of the step is a SaveAnswer: answers go straight to rows the view has just read, with
+        # one UPDATE each and no ORM load (the hot path: a family answering question after question)
+        self.fast = fast
 
     @property
     def person_id(self) -> int | None:
@@ -174,8 +332,9 @@ class _Applier:
                         consent_at=e.consent_at)
         self.session.add(person)
         self.session.flush()
-        self.identity.person_id = person.id
-        self.session.add(self.identity)
+        row = self.identity.row(self.session)
+        row.person_id = self.identity.person_id = person.id
+        self.session.add(row)
         if self.proposed_village is not None:
             self.proposed_village.proposed_by = person.id
             self.session.add(self.proposed_village)
@@ -281,6 +440,11 @@ class _Applier:
         return row
 
     def _SaveAnswer(self, e: fx.SaveAnswer) -> None:
+        loaded = self.view.assessment_rows.get((e.subject.kind, e.subject.id, e.title, e.year)) if (
+            self.fast and self.view is not None) else None
+        if loaded is not None:
+            self._save_answer_fast(loaded, e)
+            return
         row = self._assessment(e.subject, e.title, e.year)
         if row.status in ("in_review", "recognised", "rejected"):
             log.warning("answer to a locked assessment %s ignored", row.id)
@@ -291,6 +455,19 @@ class _Applier:
         if e.proxy_by is not None:
             row.proxy, row.proxy_by = True, e.proxy_by
         self.session.add(row)
+
+    def _save_answer_fast(self, row: AssessmentRow, e: fx.SaveAnswer) -> None:
+        """_SaveAnswer on a row read in this step (same checks and values, one UPDATE)."""
+        if row.status in ("in_review", "recognised", "rejected"):
+            log.warning("answer to a locked assessment %s ignored", row.id)
+            return
+        row.answers = {**row.answers, e.criterion: e.value}
+        params = {"b_id": row.id, "answers": row.answers, "answered_by": self.person_id, "now": self.now}
+        if e.proxy_by is not None:
+            _SAVE_ANSWERS_PROXY.rows(self.session, {**params, "proxy_by": e.proxy_by})
+        else:
+            _SAVE_ANSWERS.rows(self.session, params)
+        _expire(self.session, Assessment, row.id)
 
     def _AttachEvidence(self, e: fx.AttachEvidence) -> None:
         row = self._assessment(e.subject, e.title, e.year)

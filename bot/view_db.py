@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import date, datetime
 from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from sqlalchemy import bindparam
+from sqlalchemy import select as core_select
 from sqlmodel import Session, col, func, select
 
 from flows.answers import fold
@@ -22,10 +25,10 @@ from flows.view import (
     UnitInfo,
     VillageInfo,
 )
+from models.db import Prepared
 from models.tables import (
     Assessment,
     ChannelCredential,
-    ChatIdentity,
     Clan,
     ClanMember,
     Commune,
@@ -50,19 +53,57 @@ def _criteria(local: tuple[str, ...]) -> dict[str, CriteriaSet]:
     return load_sets(local=local)
 
 
-class DbView:
-    """What the flows may read, for the person behind ``identity`` (which may have no person yet)."""
+def _assessment_statement(_dialect: Any) -> Any:
+    a, e = Assessment.__table__, Evidence.__table__  # type: ignore[attr-defined]
+    return (
+        core_select(a.c.id, a.c.status, a.c.answers, a.c.total, a.c.proxy, a.c.leader_note, e.c.criterion)
+        .select_from(a.outerjoin(e, e.c.assessment_id == a.c.id))
+        .where(a.c.subject_type == bindparam("kind"), a.c.subject_id == bindparam("subject_id"),
+               a.c.title == bindparam("title"), a.c.year == bindparam("year"))
+        .order_by(e.c.id)
+    )
 
-    def __init__(self, session: Session, identity: ChatIdentity, settings: Any = None) -> None:
+
+# one statement for an assessment and its photos' criteria (one row per photo, or one without)
+_ASSESSMENT = Prepared(_assessment_statement)
+
+
+@dataclass(frozen=True)
+class Preload:
+    """What bot.uow read about the chat's person in its first query: me(), and the criteria's local key."""
+
+    me: PersonInfo | None
+    local: tuple[str, ...] = ()
+
+
+@dataclass
+class AssessmentRow:
+    """The columns of a loaded assessment that bot.uow needs to save answers without reloading the row."""
+
+    id: int
+    status: str
+    answers: dict[str, Any]
+
+
+class DbView:
+    """What the flows may read, for the person behind ``identity`` (which may have no person yet).
+
+    ``identity`` is a ChatIdentity or anything with its ``channel``, ``person_id`` (bot.uow passes a plain
+    row). ``preload``: the person as bot.uow already read it (no further query for me() or criteria())."""
+
+    def __init__(self, session: Session, identity: Any, settings: Any = None, *,
+                 preload: Preload | None = None) -> None:
         self.session = session
         self.identity = identity
         self.settings = settings
         self._me: PersonInfo | None = None
+        self._preload = preload
         # A DbView lives for one event and is read-only while the flows run (effects are applied after
         # handle() returns), so repeated reads within the event can be memoised.
         self._person: Person | None = None
         self._criteria_sets: dict[str, CriteriaSet] | None = None
         self._assessments: dict[tuple[str, int, str, int], AssessmentInfo] = {}
+        self.assessment_rows: dict[tuple[str, int, str, int], AssessmentRow] = {}
 
     # ------------------------------------------------------------------ people
     def person(self) -> Person | None:
@@ -73,6 +114,8 @@ class DbView:
         return self._person
 
     def me(self) -> PersonInfo | None:
+        if self._preload is not None:
+            return self._preload.me
         person = self.person()
         if person is None or person.id is None:
             return None
@@ -97,6 +140,8 @@ class DbView:
         return now.astimezone(ZoneInfo(tz)).year
 
     def criteria(self, title: str) -> CriteriaSet:
+        if self._criteria_sets is None and self._preload is not None:
+            self._criteria_sets = _criteria(self._preload.local)
         if self._criteria_sets is None:
             person = self.person()
             local: tuple[str, ...] = ()
@@ -173,21 +218,24 @@ class DbView:
         return self._assessments[key]
 
     def _load_assessment(self, subject: Subject, title: str, year: int) -> AssessmentInfo:
-        row = self._assessment_row(subject, title, year)
-        if row is None:
+        rows = _ASSESSMENT.rows(self.session, {"kind": subject.kind, "subject_id": subject.id, "title": title,
+                                               "year": year})
+        if not rows:
             return AssessmentInfo()
+        row_id, status, answers, total, proxy, leader_note, _criterion = rows[0]
         counts: dict[str, int] = {}
-        for criterion in self.session.exec(select(Evidence.criterion).where(Evidence.assessment_id == row.id)).all():
-            counts[criterion] = counts.get(criterion, 0) + 1
+        for *_columns, criterion in rows:
+            if criterion is not None:
+                counts[criterion] = counts.get(criterion, 0) + 1
+        self.assessment_rows[(subject.kind, subject.id, title, year)] = AssessmentRow(row_id, status, answers or {})
         note = ""
-        if row.status == "returned":
+        if status == "returned":
             decision = self.session.exec(
-                select(ReviewDecision).where(ReviewDecision.assessment_id == row.id, ReviewDecision.decision == "return")
+                select(ReviewDecision).where(ReviewDecision.assessment_id == row_id, ReviewDecision.decision == "return")
                 .order_by(col(ReviewDecision.id).desc())
             ).first()
             note = decision.reason if decision else ""
-        return AssessmentInfo(row.status, dict(row.answers or {}), counts, note, row.total, row.proxy,
-                              row.leader_note or "")
+        return AssessmentInfo(status, dict(answers or {}), counts, note, total, proxy, leader_note or "")
 
     def _recognised_share(self, household_ids: list[int], year: int) -> float | None:
         if not household_ids:

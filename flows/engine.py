@@ -115,12 +115,35 @@ def _date(d: Any) -> str:
     return d.strftime("%d/%m/%Y")
 
 
+def _copy_data(value: Any, memo: dict[int, Any]) -> Any:
+    """copy.deepcopy for the JSON-shaped state (dicts, lists, scalars), a few times faster; shared
+    sub-objects stay shared as with deepcopy, and anything else goes to deepcopy with the same memo."""
+    kind = type(value)
+    if kind is str or kind is int or kind is float or kind is bool or value is None:
+        return value
+    known = memo.get(id(value))
+    if known is not None:
+        return known
+    if kind is dict:
+        out: Any = {}
+        memo[id(value)] = out
+        for k, v in value.items():
+            out[_copy_data(k, memo)] = _copy_data(v, memo)
+        return out
+    if kind is list:
+        out = []
+        memo[id(value)] = out
+        out.extend(_copy_data(v, memo) for v in value)
+        return out
+    return copy.deepcopy(value, memo)
+
+
 class Ctx:
     """One event being handled: the state being built, outputs and effects so far, and overlays."""
 
     def __init__(self, state: ConversationState, view: View, now: datetime) -> None:
         self.step = state.step
-        self.data: dict[str, Any] = copy.deepcopy(state.data)
+        self.data: dict[str, Any] = _copy_data(state.data, {})
         self.view = view
         self.now = now
         self.outputs: list[Say] = []

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.sql.expression import Executable
 from sqlmodel import Session, create_engine
 
 
@@ -30,6 +32,10 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA busy_timeout=30000")
+            # more of the hot pages (inbox, outbox, conversations, assessments) cached: 16 MiB per connection
+            # instead of 2 MiB (no mmap: mapped pages would count in the process's RSS)
+            cur.execute("PRAGMA cache_size=-16384")
+            cur.execute("PRAGMA temp_store=MEMORY")
             cur.close()
 
         return engine
@@ -53,3 +59,85 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+class Prepared:
+    """A Core statement compiled once per dialect and run on the session's own DBAPI connection.
+
+    For the one-row statements of the inbound hot path (bot/uow.py), SQLAlchemy's per-execution work
+    (execution context, compiled-cache lookup, result metadata) costs several times what the database does;
+    this keeps SQLAlchemy's SQL, parameter and result conversions (JSON, timestamps, booleans: the type's own
+    processors) and drops the rest. Runs inside the session's transaction (it commits or rolls back with
+    it); it bypasses the ORM, so callers expire any loaded object whose row they change. No expanding
+    (IN) parameters."""
+
+    __slots__ = ("_build", "_compiled")
+
+    def __init__(self, build: Callable[[Dialect], Executable]) -> None:
+        self._build = build
+        self._compiled: weakref.WeakKeyDictionary[Dialect, _Compiled] = weakref.WeakKeyDictionary()
+
+    def _get(self, dialect: Dialect) -> _Compiled:
+        compiled = self._compiled.get(dialect)
+        if compiled is None:
+            compiled = self._compiled[dialect] = _Compiled(self._build(dialect), dialect)
+        return compiled
+
+    def rows(self, session: Session, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        """Execute with one set of parameters; the result rows (converted), [] for a statement without."""
+        conn = session.connection()
+        compiled = self._get(conn.dialect)
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(compiled.sql, compiled.parameters(params))
+            if cursor.description is None:
+                return []
+            return compiled.convert(cursor.fetchall())
+        finally:
+            cursor.close()
+
+    def many(self, session: Session, params: Sequence[dict[str, Any]]) -> None:
+        """Execute once per parameter set (the driver's executemany); no result rows."""
+        if not params:
+            return
+        conn = session.connection()
+        compiled = self._get(conn.dialect)
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.executemany(compiled.sql, [compiled.parameters(p) for p in params])
+        finally:
+            cursor.close()
+
+
+class _Compiled:
+    __slots__ = ("sql", "names", "defaults", "binds", "results")
+
+    def __init__(self, statement: Executable, dialect: Dialect) -> None:
+        compiled: Any = statement.compile(dialect=dialect)
+        self.sql: str = compiled.string
+        self.names: list[str] | None = list(compiled.positiontup) if compiled.positional else None
+        self.defaults: dict[str, Any] = compiled.construct_params(_check=False)
+        self.binds: dict[str, Callable[[Any], Any]] = dict(compiled._bind_processors)
+        processors = [rc[3]._cached_result_processor(dialect, None) for rc in compiled._result_columns]
+        self.results: list[tuple[int, Callable[[Any], Any]]] = [
+            (n, fn) for n, fn in enumerate(processors) if fn is not None
+        ]
+
+    def parameters(self, params: dict[str, Any]) -> Any:
+        values = {**self.defaults, **params}
+        for name, process in self.binds.items():
+            values[name] = process(values[name])
+        if self.names is None:
+            return values
+        return tuple(values[name] for name in self.names)
+
+    def convert(self, rows: list[Any]) -> list[tuple[Any, ...]]:
+        if not self.results:
+            return [tuple(row) for row in rows]
+        out = []
+        for row in rows:
+            values = list(row)
+            for n, process in self.results:
+                values[n] = process(values[n])
+            out.append(tuple(values))
+        return out
