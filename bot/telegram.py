@@ -320,9 +320,18 @@ class TelegramTransport:
     retry after a failure in the middle sends the first parts again (rare: our messages are short).
     """
 
-    def __init__(self, bot: Bot, *, connections: int = SEND_CONNECTIONS) -> None:
+    def __init__(
+        self,
+        bot: Bot,
+        *,
+        connections: int = SEND_CONNECTIONS,
+        connect_timeout: float = SEND_CONNECT_TIMEOUT,
+        read_timeout: float = SEND_READ_TIMEOUT,
+    ) -> None:
         self.bot = bot
         self.connections = connections
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
         self._session: aiohttp.ClientSession | None = None
         self._url: URL | None = None
         self._proxy: str | None = None
@@ -339,14 +348,19 @@ class TelegramTransport:
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=aiohttp.ClientTimeout(
-                total=None, connect=SEND_CONNECT_TIMEOUT, sock_connect=SEND_CONNECT_TIMEOUT,
-                sock_read=SEND_READ_TIMEOUT,
+                total=None, connect=self.connect_timeout, sock_connect=self.connect_timeout,
+                sock_read=self.read_timeout,
             ),
             headers={"Content-Type": "application/json"},
             raise_for_status=False,
             auto_decompress=True,
         )
         return self._session
+
+    @property
+    def closed(self) -> bool:
+        """True when no HTTP session is open (before the first send, and after aclose())."""
+        return self._session is None or self._session.closed
 
     async def aclose(self) -> None:
         """Close the HTTP session (and its keep-alive connections); the next send opens a new one."""
@@ -380,8 +394,10 @@ def parse_send_answer(status: int, raw: bytes) -> str | None:
         answer = json.loads(raw)
     except ValueError:
         answer = None
-    if not isinstance(answer, dict):
-        raise TransientError(f"HTTP {status}: not a Bot API answer")
+    if not isinstance(answer, dict):  # a proxy's or a load balancer's page: go by the HTTP status
+        if status < 300:
+            raise TransientError(f"HTTP {status}: not a Bot API answer")
+        answer = {}
     if answer.get("ok") is True and status < 300:
         result = answer.get("result")
         message_id = result.get("message_id") if isinstance(result, dict) else None
