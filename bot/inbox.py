@@ -32,6 +32,7 @@ from sqlmodel import Session, col, select
 
 from bot.outbox import PRIORITY_REPLY, GroupCommit, enqueue, insert_ignore, utcnow, write_lock
 from flows.types import Event, Say
+from models.db import Prepared
 from models.settings import Settings
 from models.tables import ChatIdentity, InboxUpdate, Person
 
@@ -77,22 +78,42 @@ def store_updates(session: Session, rows: list[tuple[str, str | int, str, dict[s
         }
         for channel, update_id, key, payload in rows
     }
-    dialect = session.get_bind().dialect.name
-    insert_of = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    table = InboxUpdate.__table__  # type: ignore[attr-defined]
-    stmt = (
-        insert_of(table)
-        .values(list(values.values()))
-        .on_conflict_do_nothing(index_elements=["channel", "update_id"])
-        .returning(table.c.channel, table.c.update_id)
-    )
-    inserted = {(channel, update_id) for channel, update_id in session.execute(stmt).all()}
+    params: dict[str, Any] = {}
+    for n, row in enumerate(values.values()):
+        for name, value in row.items():
+            params[f"{name}_{n}"] = value
+    inserted = {(channel, update_id) for channel, update_id in _store_statement(len(values)).rows(session, params)}
     out = []
     for channel, update_id, _key, _payload in rows:
         key = (channel, str(update_id))
         out.append(key in inserted)
         inserted.discard(key)
     return out
+
+
+_STORE_COLUMNS = ("channel", "update_id", "chat_key", "payload", "status", "attempts", "received_at")
+_STORE: dict[int, Prepared] = {}
+
+
+def _store_statement(n: int) -> Prepared:
+    """The INSERT of ``n`` rows, compiled once per size: the webhook's group commits write 1…200 rows, and
+    compiling a many-row INSERT afresh each time was a large share of the webhook's work."""
+    prepared = _STORE.get(n)
+    if prepared is None:
+
+        def build(dialect: Any) -> Any:
+            table = InboxUpdate.__table__  # type: ignore[attr-defined]
+            insert_of = postgresql.insert if dialect.name == "postgresql" else sqlite.insert
+            return (
+                insert_of(table)
+                .values([{name: bindparam(f"{name}_{i}", type_=table.c[name].type) for name in _STORE_COLUMNS}
+                         for i in range(n)])
+                .on_conflict_do_nothing(index_elements=["channel", "update_id"])
+                .returning(table.c.channel, table.c.update_id)
+            )
+
+        prepared = _STORE[n] = Prepared(build)
+    return prepared
 
 
 def _flush_updates(engine: Engine, rows: list[tuple[str, str | int, str, dict[str, Any]]]) -> list[bool]:

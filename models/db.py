@@ -92,7 +92,7 @@ class Prepared:
             cursor.execute(compiled.sql, compiled.parameters(params))
             if cursor.description is None:
                 return []
-            return compiled.convert(cursor.fetchall())
+            return compiled.convert(cursor.fetchall(), cursor.description, conn.dialect)
         finally:
             cursor.close()
 
@@ -110,7 +110,7 @@ class Prepared:
 
 
 class _Compiled:
-    __slots__ = ("sql", "names", "defaults", "binds", "results")
+    __slots__ = ("sql", "names", "defaults", "binds", "types", "results")
 
     def __init__(self, statement: Executable, dialect: Dialect) -> None:
         compiled: Any = statement.compile(dialect=dialect)
@@ -118,10 +118,8 @@ class _Compiled:
         self.names: list[str] | None = list(compiled.positiontup) if compiled.positional else None
         self.defaults: dict[str, Any] = compiled.construct_params(_check=False)
         self.binds: dict[str, Callable[[Any], Any]] = dict(compiled._bind_processors)
-        processors = [rc[3]._cached_result_processor(dialect, None) for rc in compiled._result_columns]
-        self.results: list[tuple[int, Callable[[Any], Any]]] = [
-            (n, fn) for n, fn in enumerate(processors) if fn is not None
-        ]
+        self.types = [rc[3] for rc in compiled._result_columns]
+        self.results: list[tuple[int, Callable[[Any], Any]]] | None = None  # known at the first result
 
     def parameters(self, params: dict[str, Any]) -> Any:
         values = {**self.defaults, **params}
@@ -131,7 +129,12 @@ class _Compiled:
             return values
         return tuple(values[name] for name in self.names)
 
-    def convert(self, rows: list[Any]) -> list[tuple[Any, ...]]:
+    def convert(self, rows: list[Any], description: Any, dialect: Dialect) -> list[tuple[Any, ...]]:
+        if self.results is None:
+            # as SQLAlchemy does: some processors depend on the driver's type code (PostgreSQL numerics)
+            processors = [type_._cached_result_processor(dialect, column[1])
+                          for type_, column in zip(self.types, description, strict=False)]
+            self.results = [(n, fn) for n, fn in enumerate(processors) if fn is not None]
         if not self.results:
             return [tuple(row) for row in rows]
         out = []
