@@ -78,11 +78,16 @@ def store_updates(session: Session, rows: list[tuple[str, str | int, str, dict[s
         }
         for channel, update_id, key, payload in rows
     }
-    params: dict[str, Any] = {}
-    for n, row in enumerate(values.values()):
-        for name, value in row.items():
-            params[f"{name}_{n}"] = value
-    inserted = {(channel, update_id) for channel, update_id in _store_statement(len(values)).rows(session, params)}
+    inserted: set[tuple[str, str]] = set()
+    pending = list(values.values())
+    while pending:
+        size = next(n for n in _STORE_SIZES if n <= len(pending))
+        chunk, pending = pending[:size], pending[size:]
+        params: dict[str, Any] = {}
+        for n, row in enumerate(chunk):
+            for name, value in row.items():
+                params[f"{name}_{n}"] = value
+        inserted.update((channel, update_id) for channel, update_id in _store_statement(size).rows(session, params))
     out = []
     for channel, update_id, _key, _payload in rows:
         key = (channel, str(update_id))
@@ -93,11 +98,12 @@ def store_updates(session: Session, rows: list[tuple[str, str | int, str, dict[s
 
 _STORE_COLUMNS = ("channel", "update_id", "chat_key", "payload", "status", "attempts", "received_at")
 _STORE: dict[int, Prepared] = {}
+_STORE_SIZES = (64, 16, 4, 1)  # rows per INSERT: a few statement shapes, each compiled once
 
 
 def _store_statement(n: int) -> Prepared:
-    """The INSERT of ``n`` rows, compiled once per size: the webhook's group commits write 1…200 rows, and
-    compiling a many-row INSERT afresh each time was a large share of the webhook's work."""
+    """The INSERT of ``n`` rows, compiled once: compiling the group commit's many-row INSERT afresh for
+    every flush was a large share of the webhook's work."""
     prepared = _STORE.get(n)
     if prepared is None:
 
@@ -214,7 +220,11 @@ class InboxWorker:
     batch_size: int = 64  # rows (one per chat) committed in one transaction, at most
     # ...and about this long: a transaction holds SQLite's single write lock (webhook inserts wait for it)
     # and the batch's replies wait for its commit, so the batch shrinks when rows are slow
-    batch_seconds: float = 0.05
+    batch_seconds: float = 0.02
+    # ...but not below this many: each batch also costs its head queries, thread hops and commit, and on a
+    # busy machine (rows timed by the wall clock) the measured row time inflates until batches of one row
+    # made the worker the bottleneck
+    min_batch: int = 16
     pipeline: bool = True  # read and normalise the next batch while the current one commits
     max_attempts: int = 5
     poll_seconds: float = 5.0
@@ -270,7 +280,8 @@ class InboxWorker:
                 # pipelined: the next batch is read and normalised (network) while this one commits (thread)
                 now = asyncio.get_running_loop().time()
                 waiting = {key for key, at in self._retry_at.items() if at > now}
-                size = max(1, min(self.batch_size, int(self.batch_seconds / max(self._row_seconds, 1e-6))))
+                size = max(min(self.min_batch, self.batch_size),
+                           min(self.batch_size, int(self.batch_seconds / max(self._row_seconds, 1e-6))))
                 ready = await self._prepare(skip | waiting | inflight, size, limit, skip)
                 committed = committing is not None
                 if committing is not None:

@@ -23,6 +23,7 @@ log = logging.getLogger("hoctap.webhook.telegram")
 router = APIRouter()
 
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+OK_BODY = b'{"ok":true}'  # what JSONResponse({"ok": True}) renders, without rendering it per update
 MAX_BODY = 1_000_000  # updates are a few kB; anything this large is not from Telegram
 
 
@@ -46,7 +47,11 @@ def parse_update(body: bytes) -> Any:
     """
     try:
         value = json.loads(body, parse_constant=_reject_constant, parse_float=_finite)
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
+        # in a UTF-8 body a lone surrogate can only come from a "\\u" escape or from surrogate bytes (lead
+        # byte 0xED, which json.loads lets through): without either, the text is encodable and the (costly)
+        # check by re-encoding the whole update is skipped (UTF-16/32 bodies are always checked)
+        if b"\\u" in body or b"\xed" in body or json.detect_encoding(body) != "utf-8":
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
     except (ValueError, UnicodeError, RecursionError):
         return None
     return value
@@ -76,4 +81,4 @@ async def telegram_webhook(request: Request) -> Response:
     new = await writer.submit((CHANNEL, update["update_id"], chat_key(update), update))
     if new:
         request.app.state.runtime.wake_inbox()
-    return JSONResponse({"ok": True})
+    return Response(OK_BODY, media_type="application/json")
