@@ -73,25 +73,54 @@ GIVEN = ("An", "Bình", "Cường", "Dung", "Em", "Giang", "Hà", "Hùng", "Lan"
 
 
 @contextmanager
-def database(url: str | None) -> Iterator[tuple[str, str]]:
-    """(SQLAlchemy URL, label) of a fresh database: a SQLite file under /tmp or a scratch PostgreSQL schema."""
+def database(url: str | None, keep: str = "") -> Iterator[tuple[str, str, bool]]:
+    """(SQLAlchemy URL, label, already seeded) of a fresh database: a SQLite file under /tmp or a scratch
+    PostgreSQL schema, removed afterwards. With ``keep`` (a SQLite file path / a schema name) the database is
+    kept for another run, and reused (not seeded again) when it exists."""
     if not url:
+        if keep:
+            yield f"sqlite:///{keep}", "SQLite " + sqlite3.sqlite_version, Path(keep).exists()
+            return
         with tempfile.TemporaryDirectory(prefix="review_scale_", dir="/tmp") as tmp:
-            yield f"sqlite:///{tmp}/bench.db", "SQLite " + sqlite3.sqlite_version
+            yield f"sqlite:///{tmp}/bench.db", "SQLite " + sqlite3.sqlite_version, False
         return
     import psycopg
 
     conninfo = url.replace("postgresql+psycopg://", "postgresql://")
-    schema = "bench_review_" + uuid.uuid4().hex[:8]
+    schema = keep or "bench_review_" + uuid.uuid4().hex[:8]
     with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
+        exists = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone() is not None
+        if not exists:
+            conn.execute(f'CREATE SCHEMA "{schema}"')
         version = str(conn.execute("SHOW server_version").fetchone()[0]).split()[0]  # type: ignore[index]
     sep = "&" if "?" in conninfo else "?"
     try:
-        yield f"{conninfo}{sep}options=-csearch_path%3D{schema}", f"PostgreSQL {version}"
+        yield f"{conninfo}{sep}options=-csearch_path%3D{schema}", f"PostgreSQL {version}", exists
     finally:
-        with psycopg.connect(conninfo, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        if not keep:
+            with psycopg.connect(conninfo, autocommit=True) as conn:
+                conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+def ensure_indexes(url: str) -> None:
+    """Indexes the models declare that a kept database lacks (added since it was seeded)."""
+    from sqlmodel import SQLModel
+
+    import models.tables  # noqa: F401 - registers the tables
+    from models.db import make_engine
+
+    engine = make_engine(url)
+    try:
+        for table in SQLModel.metadata.sorted_tables:
+            for index in table.indexes:
+                index.create(engine, checkfirst=True)
+        if engine.dialect.name == "postgresql":
+            from sqlalchemy import text
+
+            with engine.begin() as conn:
+                conn.execute(text("ANALYZE"))
+    finally:
+        engine.dispose()
 
 
 class Loader:
@@ -431,6 +460,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--exports", type=int, default=5, help="Excel exports (default 5)")
     parser.add_argument("--time-box", type=float, default=600.0, help="seconds at most for the page rounds")
     parser.add_argument("--no-docs", action="store_true", help="do not write docs/performance.md")
+    parser.add_argument("--keep-sqlite", default="", help="keep (or reuse) the SQLite database at this path")
+    parser.add_argument("--keep-schema", default="", help="keep (or reuse) this PostgreSQL schema")
+    parser.add_argument("--seed-only", action="store_true", help="seed (with --keep-*) and stop")
     args = parser.parse_args(argv)
     communes = max(1, min(args.communes, 200))
     households = max(VILLAGES, min(args.households, 10_000))
@@ -438,10 +470,19 @@ def main(argv: list[str] | None = None) -> int:
     urls += args.database_url or []
     results = []
     for url in urls:
-        with database(url) as (db_url, label):
-            seconds, counts, n_answers = seed(db_url, communes, households)
+        keep = (args.keep_sqlite if url is None else args.keep_schema) or ""
+        with database(url, keep) as (db_url, label, seeded):
+            if seeded:  # a kept database: its figures are those of the run that seeded it
+                ensure_indexes(db_url)
+                seconds, counts, n_answers = json.loads(Path(_seed_note(keep, url)).read_text())
+            else:
+                seconds, counts, n_answers = seed(db_url, communes, households)
+                if keep:
+                    Path(_seed_note(keep, url)).write_text(json.dumps([seconds, counts, n_answers]))
             print(f"{label}: seeded in {seconds:.1f} s: " + ", ".join(f"{k} {v:,}" for k, v in counts.items())
                   + f"; {n_answers:,} answers", flush=True)
+            if args.seed_only:
+                continue
             m = measure(db_url, max(1, args.requests), max(1, args.exports), args.time_box)
             results.append((label, seconds, counts, n_answers, m))
             for name, values in m["times"].items():
@@ -451,10 +492,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  export: {', '.join(f'{t / 1000:.2f}' for t in m['export'])} s; {m['export_bytes']:,} bytes, "
                   f"{m['export_sheets']} sheets, {m['export_listed']:,} listed; load {statistics.mean(m['loads']):.1f}",
                   flush=True)
-    if not args.no_docs:
+    if not args.no_docs and results:
         write_docs(argv, communes, households, results)
         print("wrote docs/performance.md")
     return 0
+
+
+def _seed_note(keep: str, url: str | None) -> str:
+    return f"{keep}.seed.json" if url is None else f"/tmp/review_scale_{keep}.seed.json"
 
 
 def write_docs(argv: list[str] | None, communes: int, households: int, results: list[Any]) -> None:
