@@ -314,21 +314,11 @@ class TokenBucket:
                 await self.sleep((1.0 - self.tokens) / self.rate)
                 waited = True
 
-    def take_now(self, count: int) -> int:
-        """Take up to ``count`` more tokens without waiting (right after acquire()); returns how many."""
-        if count <= 0 or self.paused_for() > 0:
+    def available(self) -> int:
+        """Whole tokens that acquire() would hand out now without waiting."""
+        if self.paused_for() > 0:
             return 0
-        now = self.clock()
-        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
-        taken = min(count, int(self.tokens))
-        self.tokens -= taken
-        return taken
-
-    def refund(self, count: int) -> None:
-        """Give back tokens taken for rows that were not there after all."""
-        if self.paused_for() <= 0:
-            self.tokens = min(max(self.capacity, 1.0), self.tokens + count)
+        return int(min(self.capacity, self.tokens + (self.clock() - self.updated) * self.rate))
 
 
 # --- the sender -------------------------------------------------------------------------------------------
@@ -352,9 +342,11 @@ _RUNNING: dict[tuple[str, str], int] = {}
 _RUNNING_GUARD = threading.Lock()
 
 
-def _lock_key(channel: str) -> int:
-    """A stable 63-bit key for the PostgreSQL advisory lock that live senders of a channel share."""
-    return zlib.crc32(f"hoctap-outbox:{channel}".encode()) | (0x4F42 << 32)
+def _lock_key(engine: Engine, channel: str) -> int:
+    """A stable key for the PostgreSQL advisory lock that the live senders of one deployment's channel share
+    (advisory locks are per database: the URL, with its schema options, tells deployments apart)."""
+    where = engine.url.render_as_string(hide_password=True)
+    return zlib.crc32(f"hoctap-outbox:{where}:{channel}".encode()) | (0x4F42 << 32)
 
 
 class OutboxSender:
@@ -406,6 +398,11 @@ class OutboxSender:
         self._stopping = False
         self._next_sweep = 0.0
         self._marks: GroupCommit[tuple[int, str, datetime, str | None], None] = GroupCommit(self._mark_sent)
+        self._waiting = 0  # claimed rows waiting for their token
+        # rows claimed ahead of their tokens: ~0.1 s of sending, so that the time a claim takes (a commit,
+        # slower on a busy machine) does not slow the rate; a crash leaves at most these unconfirmed unsent
+        self._claim_ahead = max(1, min(self.max_in_flight, int(rate_per_second * 0.1)))
+        self._progress = asyncio.Event()  # a waiting row took its token
         self._lock_conn: Any = None
 
     # lifecycle
@@ -456,14 +453,14 @@ class OutboxSender:
     def _start(self, alone: bool) -> None:
         """Settle rows a dead sender left ``sending`` when no other sender of this channel is alive."""
         if self.engine.dialect.name == "postgresql":
+            key = {"k": _lock_key(self.engine, self.channel)}
             conn = self.engine.connect()
             try:
-                alone = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": _lock_key(self.channel)})
-                             .scalar())
+                alone = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), key).scalar())
                 if alone:  # no live sender holds the shared lock: every `sending` row is a dead one's
                     self.settle_unconfirmed(all_rows=True)
-                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _lock_key(self.channel)})
-                conn.execute(text("SELECT pg_advisory_lock_shared(:k)"), {"k": _lock_key(self.channel)})
+                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), key)
+                conn.execute(text("SELECT pg_advisory_lock_shared(:k)"), key)
                 conn.commit()  # the session-level lock outlives the transaction
             except Exception:
                 conn.invalidate()
@@ -495,31 +492,39 @@ class OutboxSender:
     # the loop
 
     async def run_once(self) -> int:
-        """Send every row that is ready now (waiting out per-chat intervals); returns how many were handled."""
+        """Send every row that is ready now (waiting out per-chat intervals); returns how many were handled.
+
+        Rows are claimed only as fast as the rate allows (about 0.1 s of sending ahead of the tokens), and
+        each call takes its token right before it goes out, so the time spent claiming adds no jitter to the
+        pacing that the platform sees."""
         handled = 0
         tasks: set[asyncio.Task[None]] = set()
 
         async def settle_some() -> None:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            progress = asyncio.ensure_future(self._progress.wait())
+            try:
+                done, _ = await asyncio.wait(tasks | {progress}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                progress.cancel()
             tasks.difference_update(done)
+            self._progress.clear()
 
         try:
             while not self._stopping:
                 if self.bucket.paused_for() > 0:
                     break
                 free = self.max_in_flight - len(tasks)
-                # refill in waves: one claim for several rows, not a commit per finished call
-                if free <= 0 or (tasks and free < max(1, self.max_in_flight // 2)):
+                # refill in waves (one claim for several rows, not a commit per finished call), and keep only
+                # ~0.1 s of sending claimed ahead of its tokens
+                ahead = self._claim_ahead - self._waiting
+                if free <= 0 or ahead <= 0 or (tasks and free < max(1, self.max_in_flight // 2)):
                     await settle_some()
                     continue
-                if not await self.bucket.acquire(lambda: self._stopping):
-                    break
-                want = 1 + self.bucket.take_now(min(free, self.batch_size) - 1)
+                want = max(1, min(free, self.batch_size, self.bucket.available() + ahead))
                 rows, wait = await asyncio.to_thread(self._claim, want)
-                if len(rows) < want:
-                    self.bucket.refund(want - len(rows))
                 for row in rows:
                     self._in_flight_chats.add(row.chat_id)
+                    self._waiting += 1
                     tasks.add(asyncio.create_task(self._send_row(row)))
                 handled += len(rows)
                 if rows:
@@ -694,6 +699,13 @@ class OutboxSender:
 
     async def _send_row(self, row: _Claimed) -> None:
         try:
+            got = await self.bucket.acquire(lambda: self._stopping)
+            self._waiting -= 1
+            self._progress.set()
+            if not got:  # stopping before its turn: back to the queue, as if never claimed
+                await asyncio.to_thread(self._finish, row, status="queued", attempts=max(row.attempts - 1, 0),
+                                        not_before=self.now())
+                return
             await self._call(row)
         finally:
             self._in_flight_chats.discard(row.chat_id)

@@ -141,7 +141,7 @@ class Server:
             )
         self.starts += 1
 
-    def wait_ready(self, timeout: float = 60.0) -> None:
+    def wait_ready(self, timeout: float = 180.0) -> None:  # a loaded 2-core machine: imports alone take 30 s
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
@@ -276,6 +276,8 @@ def verify(engine: Engine, fake: FakeTelegram, template: Template, families: lis
     """Compare the database and the fake's record with what each family's prefix must leave."""
     problems: list[str] = []
     figures: Counter[str] = Counter()
+    figures.update(dict.fromkeys(("duplicates_sent", "chats_out_of_order", "replies_lost", "outbox_unconfirmed",
+                                  "unconfirmed_delivered", "unconfirmed_not_delivered"), 0))
     expected_ids = {str(u.update_id) for f in families for u in f.updates}
     with Session(engine) as session:
         inbox = session.exec(select(InboxUpdate.update_id, InboxUpdate.status)
