@@ -104,6 +104,7 @@ def database(url: str | None, keep: str = "") -> Iterator[tuple[str, str, bool]]
 
 def ensure_indexes(url: str) -> None:
     """Indexes the models declare that a kept database lacks (added since it was seeded)."""
+    from sqlalchemy import inspect, text
     from sqlmodel import SQLModel
 
     import models.tables  # noqa: F401 - registers the tables
@@ -111,12 +112,16 @@ def ensure_indexes(url: str) -> None:
 
     engine = make_engine(url)
     try:
+        inspector = inspect(engine)
         for table in SQLModel.metadata.sorted_tables:
+            declared = {index.name for index in table.indexes}
+            for found in inspector.get_indexes(table.name):
+                if str(found["name"]).startswith("ix_") and found["name"] not in declared:
+                    with engine.begin() as conn:  # an index the models dropped since the seed
+                        conn.execute(text(f'DROP INDEX "{found["name"]}"'))
             for index in table.indexes:
                 index.create(engine, checkfirst=True)
         if engine.dialect.name == "postgresql":
-            from sqlalchemy import text
-
             with engine.begin() as conn:
                 conn.execute(text("ANALYZE"))
     finally:

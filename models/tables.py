@@ -185,7 +185,9 @@ class Assessment(SQLModel, table=True):
 
     __table_args__ = (
         UniqueConstraint("subject_type", "subject_id", "title", "year"),
-        Index("ix_assessment_commune_year_status", "commune_code", "year", "status"),
+        # the dashboard's scan of a commune's year, the queue's count and its page in submission order (the
+        # submitted_at and id of the matching rows come from the index; only the page's rows are read)
+        Index("ix_assessment_commune_year_status_sub", "commune_code", "year", "status", "submitted_at", "id"),
     )
     id: int | None = Field(default=None, primary_key=True)
     commune_code: int = Field(foreign_key="commune.code")

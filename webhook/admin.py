@@ -220,28 +220,35 @@ class SubjectInfo:
     person_ids: tuple[int, ...] = ()  # who hears about decisions (head, representative, leader)
 
 
-def subject_infos(session: Session, keys: set[tuple[str, int]]) -> dict[tuple[str, int], SubjectInfo]:
-    """Names, villages and contact people of many subjects, a few queries per kind."""
+def subject_infos(session: Session, keys: set[tuple[str, int]], *, contacts: bool = True
+                  ) -> dict[tuple[str, int], SubjectInfo]:
+    """Names, villages and contact people of many subjects, a few queries per kind; ``contacts=False`` leaves
+    out villages' leaders (lists that show names only: the grants have no index by village)."""
     by_kind: dict[str, list[int]] = defaultdict(list)
     for kind, ident in keys:
         by_kind[kind].append(ident)
     out: dict[tuple[str, int], SubjectInfo] = {}
+    # columns, not ORM objects: an export asks for thousands of subjects at once
     if by_kind.get("household"):
-        for h in session.exec(select(Household).where(col(Household.id).in_(by_kind["household"]))):
-            out[("household", h.id or 0)] = SubjectInfo(
-                h.head_name, h.village_id, (h.head_person_id,) if h.head_person_id else ())
+        for hid, name, village_id, head in session.exec(
+                select(Household.id, Household.head_name, Household.village_id, Household.head_person_id)
+                .where(col(Household.id).in_(by_kind["household"]))):
+            out[("household", hid or 0)] = SubjectInfo(name, village_id, (head,) if head else ())
     if by_kind.get("clan"):
-        for c in session.exec(select(Clan).where(col(Clan.id).in_(by_kind["clan"]))):
-            out[("clan", c.id or 0)] = SubjectInfo(c.name, None, (c.head_person_id,) if c.head_person_id else ())
+        for cid, name, head in session.exec(select(Clan.id, Clan.name, Clan.head_person_id)
+                                            .where(col(Clan.id).in_(by_kind["clan"]))):
+            out[("clan", cid or 0)] = SubjectInfo(name, None, (head,) if head else ())
     if by_kind.get("unit"):
-        for u in session.exec(select(Unit).where(col(Unit.id).in_(by_kind["unit"]))):
-            out[("unit", u.id or 0)] = SubjectInfo(u.name, None, (u.rep_person_id,) if u.rep_person_id else ())
+        for uid, name, rep in session.exec(select(Unit.id, Unit.name, Unit.rep_person_id)
+                                           .where(col(Unit.id).in_(by_kind["unit"]))):
+            out[("unit", uid or 0)] = SubjectInfo(name, None, (rep,) if rep else ())
     if by_kind.get("person"):
-        for p in session.exec(select(Person).where(col(Person.id).in_(by_kind["person"]))):
-            out[("person", p.id or 0)] = SubjectInfo(p.name, p.village_id, (p.id or 0,))
+        for pid, name, village_id in session.exec(select(Person.id, Person.name, Person.village_id)
+                                                  .where(col(Person.id).in_(by_kind["person"]))):
+            out[("person", pid or 0)] = SubjectInfo(name, village_id, (pid or 0,))
     if by_kind.get("village"):
         leaders: dict[int, list[int]] = defaultdict(list)
-        for g in session.exec(select(RoleGrant).where(RoleGrant.role == "village_leader", RoleGrant.status == "granted",
+        for g in () if not contacts else session.exec(select(RoleGrant).where(RoleGrant.role == "village_leader", RoleGrant.status == "granted",
                                                       col(RoleGrant.village_id).in_(by_kind["village"]))):
             leaders[g.village_id or 0].append(g.person_id)
         for v in session.exec(select(Village).where(col(Village.id).in_(by_kind["village"]))):
@@ -287,7 +294,7 @@ def _subject_shares(session: Session, kind: str, ids: list[int], year: int) -> d
         q = (select(ClanMember.clan_id, func.count(ClanMember.id), func.count(Assessment.id))
              .outerjoin(Assessment, _recognised_household(col(ClanMember.household_id), year))
              .where(col(ClanMember.clan_id).in_(ids)).group_by(ClanMember.clan_id))
-        for clan_id, members, recognised in session.exec(q):
+        for clan_id, members, recognised in session.connection().execute(q).all():
             share = _share(int(recognised), int(members))
             if share is not None:
                 out[clan_id]["member_households_recognised"] = share
@@ -295,14 +302,14 @@ def _subject_shares(session: Session, kind: str, ids: list[int], year: int) -> d
     q = (select(Household.village_id, func.count(Household.id), func.count(Assessment.id))
          .outerjoin(Assessment, _recognised_household(col(Household.id), year))
          .where(col(Household.village_id).in_(ids)).group_by(Household.village_id))
-    for village_id, households, recognised in session.exec(q):
+    for village_id, households, recognised in session.connection().execute(q).all():
         share = _share(int(recognised), int(households))
         if share is not None:
             out[village_id]["village_households_recognised"] = share
     clans: dict[int, set[int]] = defaultdict(set)
-    for village_id, clan_id in session.exec(
+    for village_id, clan_id in session.connection().execute(
             select(Household.village_id, ClanMember.clan_id).join(Household, col(Household.id) == ClanMember.household_id)
-            .where(col(Household.village_id).in_(ids)).distinct()):
+            .where(col(Household.village_id).in_(ids)).distinct()).all():
         clans[village_id].add(clan_id)
     every_clan = sorted(set().union(*clans.values())) if clans else []
     recognised_clans = set(session.exec(select(Assessment.subject_id).where(
@@ -535,12 +542,12 @@ def dashboard(session: Session, commune: Commune, year: int) -> Dashboard:
         *registered_conds, ~submitted_same.exists())).one())
 
     # one pass over the year's submissions; households' villages joined for the per-village table
-    rows = list(session.connection().execute(  # Core rows: no ORM processing of 10,000s of tuples
+    rows = session.connection().execute(  # Core rows, fetched at once: no ORM processing of 10,000s of tuples
         select(Assessment.id, Assessment.title, Assessment.subject_type, Assessment.subject_id, Assessment.status,
                case((col(Assessment.status) != "draft", answers_text()), else_=None), Household.village_id)
         .outerjoin(Household, (Assessment.subject_type == "household") & (col(Household.id) == Assessment.subject_id)
                    & (Household.commune_code == code))
-        .where(Assessment.commune_code == code, Assessment.year == year)))
+        .where(Assessment.commune_code == code, Assessment.year == year)).all()
     needs_computed = {t_ for t_, cset in sets.items() if any(c.computed for c in cset.criteria)}
     computed = computed_many(session, {(kind, ident, year) for _id, t_, kind, ident, status, _a, _v in rows
                                        if status != "draft" and t_ in needs_computed})
@@ -688,7 +695,7 @@ def queue(
     if limit is not None:
         query = query.limit(limit).offset(max(0, offset))
     rows = list(session.exec(query))
-    infos = subject_infos(session, {(a.subject_type, a.subject_id) for a, _t in rows})
+    infos = subject_infos(session, {(a.subject_type, a.subject_id) for a, _t in rows}, contacts=False)
     vnames = village_names(session, communes)
     evidence_counts: dict[int, int] = {}
     if rows:

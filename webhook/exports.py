@@ -94,8 +94,8 @@ def recognised_rows(session: Session, commune: Commune, year: int) -> list[dict[
         select(Assessment.id, Assessment.subject_type, Assessment.subject_id, Assessment.village_id, Assessment.title,
                Assessment.year, Assessment.total, answers_text())
         .where(Assessment.commune_code == commune.code, Assessment.year == year, Assessment.status == "recognised")
-        .order_by(col(Assessment.id))))
-    infos = subject_infos(session, {(kind, ident) for _id, kind, ident, *_rest in rows})
+        .order_by(col(Assessment.id))).all())
+    infos = subject_infos(session, {(kind, ident) for _id, kind, ident, *_rest in rows}, contacts=False)
     vnames = village_names(session, [commune.code])
     sets = criteria_for(commune)
     needs = {t for t, cset in sets.items() if any(c.computed for c in cset.criteria)}

@@ -17,8 +17,14 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    pass
+    # the queue pages in submission order: (commune, year, status) extended with submitted_at and id
+    with op.batch_alter_table('assessment', schema=None) as batch_op:
+        batch_op.create_index('ix_assessment_commune_year_status_sub',
+                              ['commune_code', 'year', 'status', 'submitted_at', 'id'], unique=False)
+        batch_op.drop_index('ix_assessment_commune_year_status')
 
 
 def downgrade() -> None:
-    pass
+    with op.batch_alter_table('assessment', schema=None) as batch_op:
+        batch_op.create_index('ix_assessment_commune_year_status', ['commune_code', 'year', 'status'], unique=False)
+        batch_op.drop_index('ix_assessment_commune_year_status_sub')
