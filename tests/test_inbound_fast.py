@@ -1,0 +1,124 @@
+"""The inbound hot path's own machinery (issue #10): prepared statements, the one-read unit of work, the
+inbox writer's fixed-shape INSERTs, clearing "unreachable" from the row already read. Real databases."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import bindparam, insert, select
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+from sqlmodel import select as orm_select
+
+from bot.inbox import Inbound, InboxWorker, store_update, store_updates
+from flows.types import Event
+from models.db import Prepared
+from models.tables import Assessment, AuditLog, ChatIdentity, InboxUpdate, OutboxMessage, Person
+from tests.test_uow import Chat, _seed, _signup
+
+AT = datetime(2026, 11, 10, 2, 0, tzinfo=UTC)
+AUDIT = AuditLog.__table__  # type: ignore[attr-defined]
+_INSERT = Prepared(lambda _d: insert(AUDIT).values(at=bindparam("at"), actor=bindparam("actor"),
+                                                   action=bindparam("action"), target=bindparam("target"),
+                                                   detail=bindparam("detail")))
+_SELECT = Prepared(lambda _d: select(AUDIT.c.at, AUDIT.c.detail, AUDIT.c.id.is_not(None))
+                   .where(AUDIT.c.target == bindparam("target")).order_by(AUDIT.c.id))
+
+
+def test_prepared_statements_convert_like_sqlalchemy_and_share_the_transaction(engine: Engine) -> None:
+    with Session(engine) as session:
+        _INSERT.rows(session, {"at": AT, "actor": "t", "action": "a", "target": "x", "detail": {"k": ["v", 1]}})
+        _INSERT.many(session, [{"at": AT, "actor": "t", "action": "a", "target": "x", "detail": {"n": n}}
+                               for n in range(3)])
+        rows = _SELECT.rows(session, {"target": "x"})
+        assert [r[1] for r in rows] == [{"k": ["v", 1]}, {"n": 0}, {"n": 1}, {"n": 2}]
+        assert rows[0][2] is True
+        assert rows[0][0].replace(tzinfo=UTC) == AT
+        # the ORM reads what the prepared statements wrote (same transaction, same conversions)
+        orm = session.exec(orm_select(AuditLog).where(AuditLog.target == "x").order_by(AuditLog.id)).all()
+        assert [a.detail for a in orm] == [r[1] for r in rows]
+        session.rollback()  # ... and a rollback takes it all back
+    with Session(engine) as session:
+        assert _SELECT.rows(session, {"target": "x"}) == []
+
+
+def test_store_updates_in_fixed_shapes_keeps_order_and_reports_new_rows(engine: Engine) -> None:
+    with Session(engine) as session:
+        assert store_update(session, "telegram", 5, "c5", {"update_id": 5})
+        session.commit()
+    # 85 rows = 64 + 16 + 4 + 1 statements; one repeat inside the batch, one already stored
+    batch: list[tuple[str, str | int, str, dict[str, Any]]] = [
+        ("telegram", n, f"c{n % 7}", {"update_id": n}) for n in range(1, 85)
+    ]
+    batch.insert(40, ("telegram", 30, "c2", {"update_id": 30}))
+    with Session(engine) as session:
+        new = store_updates(session, batch)
+        session.commit()
+    assert len(new) == 85
+    assert new[4] is False  # update 5 was there
+    assert new[29] is True and new[40] is False  # the first of the two 30s is new, the repeat is not
+    assert sum(new) == 83
+    with Session(engine) as session:
+        stored = session.exec(orm_select(InboxUpdate).order_by(InboxUpdate.id)).all()
+    ids = [int(r.update_id) for r in stored]
+    assert ids[0] == 5 and ids[1:] == [n for n in range(1, 85) if n != 5]  # ids in the order given
+    assert all(r.payload == {"update_id": int(r.update_id)} and r.status == "pending" for r in stored)
+
+
+async def _text(payload: dict[str, Any]) -> Inbound:
+    return Inbound(chat_id=str(payload["chat"]), event=Event(kind="text", text=payload["text"]))
+
+
+def test_inbox_clears_unreachable_only_for_the_person_who_wrote(engine: Engine) -> None:
+    with Session(engine, expire_on_commit=False) as session:
+        writer = Person(name="A", unreachable_at=AT, unreachable_reason="blocked")
+        other = Person(name="B", unreachable_at=AT, unreachable_reason="blocked")
+        session.add_all([writer, other])
+        session.flush()
+        session.add_all([ChatIdentity(channel="telegram", user_id="71", chat_id="71", person_id=writer.id),
+                         ChatIdentity(channel="telegram", user_id="72", chat_id="72", person_id=other.id)])
+        store_update(session, "telegram", 1, "71", {"chat": 71, "text": "/trogiup"})
+        session.commit()
+    worker = InboxWorker(engine=engine)
+    worker.add_channel("telegram", _text, ordered_ids=True)
+    assert asyncio.run(worker.run_once()) == 1
+    with Session(engine) as session:
+        a, b = session.get(Person, writer.id), session.get(Person, other.id)
+        assert a is not None and b is not None
+        assert (a.unreachable_at, a.unreachable_reason) == (None, None)
+        assert b.unreachable_at is not None and b.unreachable_reason == "blocked"
+        assert len(session.exec(orm_select(OutboxMessage)).all()) >= 1
+
+
+def test_answers_saved_by_the_fast_path_reach_an_orm_copy_in_the_same_session(session: Session) -> None:
+    _seed(session)
+    chat = Chat(session, "1101")
+    _signup(chat)
+    chat.press("Đăng ký")
+    chat.press("Tự đánh giá")
+    chat.text("co")  # the first answer creates the row (through the ORM)
+    loaded = session.exec(orm_select(Assessment)).one()  # an ORM copy, kept in the session
+    before = dict(loaded.answers)
+    chat.text("khong")  # the next ones update it in place (no photo asked: the flow reads the row first)
+    assert "Câu 3/10" in chat.said()
+    assert len(loaded.answers) == len(before) + 1  # expired by the UPDATE, reloaded on access
+    assert session.exec(orm_select(Assessment)).one().answers == loaded.answers
+
+
+def test_a_locked_assessment_ignores_answers_on_the_fast_path(session: Session) -> None:
+    _seed(session)
+    chat = Chat(session, "1102")
+    _signup(chat)
+    chat.press("Đăng ký")
+    chat.press("Tự đánh giá")
+    chat.text("co")
+    row = session.exec(orm_select(Assessment)).one()
+    row.status = "in_review"  # the commune took it while the family was answering
+    session.add(row)
+    session.commit()
+    answers = dict(row.answers)
+    chat.text("khong")
+    session.expire_all()
+    assert session.exec(orm_select(Assessment)).one().answers == answers
