@@ -429,12 +429,50 @@ def insert_outbox(
     priority: int = PRIORITY_BULK, batch_size: int = 5000, on_batch: Callable[[int], None] | None = None,
 ) -> int:
     """INSERT … ON CONFLICT (idempotency_key) DO NOTHING in batches; returns how many rows were new."""
+    if session.get_bind().dialect.name == "postgresql":
+        return _insert_outbox_copy(session, rows, campaign=campaign, not_before=not_before, now=now,
+                                   priority=priority, batch_size=batch_size, on_batch=on_batch)
     stmt = _insert_sql(session.get_bind().dialect.name)
     inserted = 0
     for start in range(0, len(rows), batch_size):
         batch = json.dumps(list(rows[start:start + batch_size]), ensure_ascii=False, separators=(",", ":"))
         result = session.execute(stmt, {"rows": batch, "campaign": campaign, "priority": priority,
                                         "not_before": not_before, "now": now})
+        inserted += len(result.all())
+        if on_batch is not None:
+            on_batch(start + batch_size)
+    return inserted
+
+
+_STAGE = "_outbox_fanout"
+
+
+def _insert_outbox_copy(
+    session: Session, rows: Sequence[OutboxRow], *, campaign: str, not_before: datetime, now: datetime,
+    priority: int, batch_size: int, on_batch: Callable[[int], None] | None,
+) -> int:
+    """PostgreSQL: each batch is COPYed into a temporary table (the cheapest way in: no JSON array to unpack,
+    no parameters) and moved with one INSERT … SELECT … ON CONFLICT DO NOTHING. Same transaction as the session;
+    the table lives until commit."""
+    conn = session.connection()
+    conn.exec_driver_sql(
+        f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} (n serial, idempotency_key text, channel text, chat_id text, "
+        "person_id integer, payload json) ON COMMIT DROP")
+    move = text(
+        f"INSERT INTO {OB.name} ({_OUTBOX_COLS}) "
+        "SELECT idempotency_key, channel, chat_id, person_id, payload, :priority, 'queued', :campaign, 0, "
+        f":not_before, :now FROM {_STAGE} ORDER BY n ON CONFLICT (idempotency_key) DO NOTHING RETURNING id"
+    ).bindparams(bindparam("not_before", type_=DateTime(timezone=True)), bindparam("now", type_=DateTime(timezone=True)))
+    raw: Any = conn.connection.driver_connection
+    dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+    inserted = 0
+    for start in range(0, len(rows), batch_size):
+        with raw.cursor() as cur:
+            cur.execute(f"TRUNCATE {_STAGE}")
+            with cur.copy(f"COPY {_STAGE} (idempotency_key, channel, chat_id, person_id, payload) FROM STDIN") as copy:
+                for key, channel, chat_id, person_id, payload in rows[start:start + batch_size]:
+                    copy.write_row((key, channel, chat_id, person_id, dumps(payload)))
+        result = conn.execute(move, {"campaign": campaign, "priority": priority, "not_before": not_before, "now": now})
         inserted += len(result.all())
         if on_batch is not None:
             on_batch(start + batch_size)
