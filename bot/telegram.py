@@ -3,11 +3,12 @@
 We do not use PTB's ``Application``: conversation state lives in our database (shared with Zalo and the
 simulator, safe across restarts and processes), updates go through our inbox, and replies through our
 outbox, so PTB's dispatcher, persistence and ConversationHandler would only duplicate that. PTB gives us
-the types (``Update.de_json``), the HTTP client and the error classes.
+the types (``Update.de_json``), the HTTP client and the error classes for everything but sendMessage, which
+the outbox sends at up to ~1,000 calls/s on a lean path of its own (``TelegramTransport``, aiohttp).
 
 - ``normalise``: raw update → ``Inbound`` (an Event for the flows, or the channel's own polite answer)
 - ``render``: Say → sendMessage keyword arguments
-- ``TelegramTransport``: the outbox transport
+- ``TelegramTransport``: the outbox transport (sendMessage as JSON on aiohttp; answers → outbox errors)
 - ``setup_webhook`` / ``poll``: webhook when PUBLIC_BASE_URL is set, otherwise long polling
 
 Outcomes that never reach the flows:
