@@ -2,8 +2,8 @@
 
     python bench/bare_app.py --port 8082
 
-Same path and uvicorn settings as `hoctap serve` (uvicorn.run, log level info, so the access log is on as
-it is there); no secret check, no database, no worker: the ceiling of this stack on this machine.
+Same path and uvicorn settings as `hoctap serve` (uvicorn.run, log level info, access log off as there);
+no secret check, no database, no worker: the ceiling of this stack on this machine.
 """
 
 from __future__ import annotations
@@ -35,4 +35,4 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="info")
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="info", access_log=False)

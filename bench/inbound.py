@@ -616,7 +616,8 @@ def write_docs(results: list[Result], args: argparse.Namespace, command: str) ->
         f"- load: wrk 4.1 ({args.connections} connections, 2 threads, {args.duration} s per run, closed loop); "
         f"baseline = a bare FastAPI endpoint that parses the same JSON (bench/bare_app.py), same uvicorn "
         f"settings, same wrk script and bodies, run just before the app in the same repeat",
-        "- serve = `hoctap serve --no-demo` (uvicorn + uvloop + httptools, access log on as shipped), webhook "
+        "- serve = `hoctap serve --no-demo` (uvicorn + uvloop + httptools, access log off as shipped; the baseline "
+        "too), webhook "
         "mode, fake Bot API (bench/tgfake.py) with no rate limit, TELEGRAM_RATE_PER_SECOND=100000, campaigns off",
         "",
         "### (a) throughput, 64 connections, and (c) memory",

@@ -196,6 +196,12 @@ def _default_process() -> ProcessEvent:
     return process_event  # type: ignore[return-value]
 
 
+def _deferred() -> Any:
+    from bot.uow import Deferred
+
+    return Deferred()
+
+
 @dataclass
 class _Pending:
     id: int
@@ -447,14 +453,22 @@ class InboxWorker:
         with write_lock(self.engine), Session(self.engine, expire_on_commit=False) as session:
             now = self.now()
             todo = []
+            locked: dict[str, bool] = {}
+            if postgres and not wait and batch:
+                # one processor per chat at a time across processes; released at commit. In a batch
+                # (several chats in one transaction) only try: waiting there could deadlock. One statement
+                # tries them all (a batch has one row per chat).
+                keys = [f"inbox:{row.channel}:{row.chat_key}" for row, _inbound in batch]
+                locked = {key: bool(got) for key, got in session.execute(
+                    text("SELECT k, pg_try_advisory_xact_lock(hashtext(k)) FROM unnest(CAST(:keys AS text[])) AS k"),
+                    {"keys": keys},
+                ).all()}
             for row, inbound in batch:
                 if postgres:
-                    # one processor per chat at a time across processes; released at commit. In a batch
-                    # (several chats in one transaction) only try: waiting there could deadlock.
-                    key = {"key": f"inbox:{row.channel}:{row.chat_key}"}
+                    key = f"inbox:{row.channel}:{row.chat_key}"
                     if wait:
-                        session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), key)
-                    elif not session.execute(text("SELECT pg_try_advisory_xact_lock(hashtext(:key))"), key).scalar():
+                        session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": key})
+                    elif not locked.get(key, False):
                         outcomes[row.id] = "busy"
                         continue
                 todo.append((row, inbound))
@@ -464,6 +478,7 @@ class InboxWorker:
                 ).all()
             heads = self._pending_heads(session, sorted({r.chat_key for r, _ in todo})) if todo else {}
             started = time.perf_counter()  # the rows' own work sizes the batches, not the fixed queries above
+            deferred = _deferred() if self.process is None else None
             marks = []
             for row, inbound in todo:
                 head = heads.get((row.channel, row.chat_key))
@@ -473,11 +488,13 @@ class InboxWorker:
                 if head[1] != row.id:
                     outcomes[row.id] = "not_first"
                     continue
-                status, outcomes[row.id] = self._apply(session, row, inbound, now)
+                status, outcomes[row.id] = self._apply(session, row, inbound, now, deferred)
                 marks.append({"b_id": row.id, "b_status": status})
             if marks:
                 table = InboxUpdate.__table__  # type: ignore[attr-defined]
                 session.flush()
+                if deferred is not None:
+                    deferred.write(session)
                 session.connection().execute(
                     update(table)
                     .where(table.c.id == bindparam("b_id"))
@@ -494,7 +511,8 @@ class InboxWorker:
         """One row in its own transaction (waiting for the chat's lock on PostgreSQL)."""
         return self._commit_batch([(row, inbound)], wait=True)[row.id]
 
-    def _apply(self, session: Session, row: _Pending, inbound: Inbound, now: datetime) -> tuple[str, str]:
+    def _apply(self, session: Session, row: _Pending, inbound: Inbound, now: datetime,
+               deferred: Any = None) -> tuple[str, str]:
         """Stage one row's work in ``session``: (the row's new status, "done" or "queued")."""
         queued = False
         if inbound.event is not None:
@@ -509,8 +527,10 @@ class InboxWorker:
                 "display_name": inbound.display_name,
             }
             if self.process is None:
-                # bot.uow clears "unreachable" itself, from the person row it reads anyway
-                says = _default_process()(session, **common, clear_unreachable=True)  # type: ignore[call-arg]
+                # bot.uow clears "unreachable" itself, from the person row it reads anyway, and leaves the
+                # batch's state, outbox and audit rows to one statement each (written by _commit_batch)
+                says = _default_process()(session, **common, clear_unreachable=True,  # type: ignore[call-arg]
+                                          deferred=deferred)
             else:
                 says = self.process(session, **common)
                 _clear_unreachable(session, channel=row.channel, user_id=inbound.user_id or inbound.chat_id)

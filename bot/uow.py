@@ -58,11 +58,15 @@ PROCESSED = "flow.processed"
 
 def process_event(session: Session, *, channel: str, chat_id: str, event: Event, now: datetime,
                   settings: Any = None, idempotency_base: str | None = None, user_id: str | None = None,
-                  display_name: str = "", clear_unreachable: bool = False) -> list[Say]:
+                  display_name: str = "", clear_unreachable: bool = False,
+                  deferred: Deferred | None = None) -> list[Say]:
     """Run one event through the flows and stage every change in ``session``; returns the replies.
 
     ``clear_unreachable``: the person behind the chat wrote to us, so they can be written to again (their
-    ``unreachable_at`` is cleared, in the same transaction; bot.inbox asks for it)."""
+    ``unreachable_at`` is cleared, in the same transaction; bot.inbox asks for it). ``deferred``: the
+    conversation's new state, the outbox rows and the audit row are collected there instead, for the caller
+    to write with ``deferred.write(session)`` in the same transaction (bot.inbox: one statement each per
+    batch of chats, not per update)."""
     user_id = user_id or chat_id
     session.flush()  # pending ORM changes first: the reads below go to the database, not the session
     loaded = _load(session, channel=channel, user_id=user_id, base=idempotency_base)
@@ -93,7 +97,9 @@ def process_event(session: Session, *, channel: str, chat_id: str, event: Event,
         applier.apply(effect)
     session.flush()  # the effects' ORM rows (ids for the rows below; Core statements follow)
     state_json = step.state.to_json()
-    if conversation_id is not None:
+    if conversation_id is not None and deferred is not None:
+        deferred.states.append({"b_id": conversation_id, "state": state_json, "now": now})
+    elif conversation_id is not None:
         _SAVE_STATE.rows(session, {"b_id": conversation_id, "state": state_json, "now": now})
         _expire(session, Conversation, conversation_id)
     else:
@@ -106,14 +112,42 @@ def process_event(session: Session, *, channel: str, chat_id: str, event: Event,
         for other in session.exec(select(ChatIdentity).where(ChatIdentity.person_id == target)).all():
             replies.append(_reply(key=f"{base}:notify:{n}:{other.id}", channel=other.channel,
                                   chat_id=other.chat_id, person_id=target, say=say, now=now))
-    _ENQUEUE.many(session, replies)
-    _AUDIT.rows(session, {"at": now, "actor": f"chat:{channel}", "action": PROCESSED, "target": base,
-                          "detail": {"step": step.state.step, "effects": [type(e).__name__ for e in step.effects]}})
+    audit = {"at": now, "actor": f"chat:{channel}", "action": PROCESSED, "target": base,
+             "detail": {"step": step.state.step, "effects": [type(e).__name__ for e in step.effects]}}
+    if deferred is not None:
+        deferred.replies.extend(replies)
+        deferred.audits.append(audit)
+    else:
+        _ENQUEUE.many(session, replies)
+        _AUDIT.rows(session, audit)
     # only the person read above can be unreachable (one registered in this step is not)
     if clear_unreachable and unreachable and identity.person_id == identity.person_id_loaded:
         _REACHABLE.rows(session, {"b_id": identity.person_id})
         _expire(session, Person, identity.person_id)
     return list(step.outputs)
+
+
+class Deferred:
+    """Rows of several process_event calls, written together (see process_event's ``deferred``).
+
+    Safe to hold back until the end of a batch because nothing in the batch reads them: a chat has one
+    update per batch (its state is read again only by its next update), outbox rows are read by the sender
+    after the commit, and an update's audit row only by a redelivery of that same update. Rows go in the
+    order they were staged, so each chat's replies keep their order."""
+
+    def __init__(self) -> None:
+        self.states: list[dict[str, Any]] = []
+        self.replies: list[dict[str, Any]] = []
+        self.audits: list[dict[str, Any]] = []
+
+    def write(self, session: Session) -> None:
+        """Write and forget what was staged (one executemany per table)."""
+        _SAVE_STATE.many(session, self.states)
+        _ENQUEUE.many(session, self.replies)
+        _AUDIT.many(session, self.audits)
+        for state in self.states:
+            _expire(session, Conversation, state["b_id"])
+        self.states, self.replies, self.audits = [], [], []
 
 
 class _Identity:
