@@ -354,7 +354,7 @@ def score_assessment(session: Session, assessment: Assessment, sets: dict[str, C
 # reasons and remembered per (criteria set, answers as stored, computed values): a pure function of those.
 Proposal = tuple[float, int, bool]
 _PROPOSALS: dict[tuple[str, str, tuple[tuple[str, Any], ...]], Proposal] = {}
-_PROPOSALS_MAX = 300_000
+_PROPOSALS_MAX = 100_000  # ~40 MB at most: about ten communes of 5,000 families
 _COMPILED: dict[int, tuple[CriteriaSet, str, tuple[tuple[Criterion, str, int, bool], ...]]] = {}
 _MEMO_LOCK = threading.Lock()
 
