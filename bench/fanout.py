@@ -179,7 +179,7 @@ NOTES = """**What limits it** (pyinstrument on 200,000 people on PostgreSQL, loa
 wall time, ~50% waiting in the INSERT statements, ~22% the audience rows (`_recipients`), ~21% rendering
 (`_build_rows`), ~12% serialising the batches; the Python process used ~15% of the wall time in CPU, so under this
 load it mostly waited — for PostgreSQL, and for a CPU. The bare-INSERT floor of the same run is the better yardstick
-than the absolute target: with the floor at 130 s for 1,000,000 rows on this machine (other engineers' benchmarks
+than the absolute target: with the floor at 100–130 s for 1,000,000 rows on this machine (other engineers' benchmarks
 running), 60 s is not reachable here by any fan-out that writes the rows. Changed: on PostgreSQL each batch is
 COPYed into a temporary table and moved with one INSERT … SELECT … ON CONFLICT DO NOTHING (A/B in one process,
 50,000 rows, interleaved ×3: 7.6–10.0 s against 9.8–11.7 s with the JSON-array statement). Next steps, not made:
