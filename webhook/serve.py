@@ -12,6 +12,8 @@ from models.settings import Settings
 
 log = logging.getLogger("hoctap")
 
+KEEP_ALIVE_SECONDS = 65
+
 
 def serve(settings: Settings, *, host: str, port: int, demo: bool = True) -> int:
     from webhook.app import create_app
@@ -38,5 +40,9 @@ def serve(settings: Settings, *, host: str, port: int, demo: bool = True) -> int
         print(f"  {name}: {'on' if on else 'off (no token)'}")
     # no access log: a line per webhook call is a measurable share of the request path, and URLs are not
     # what an operator needs from these logs
-    uvicorn.run(create_app(settings, engine=engine), host=host, port=port, log_level="info", access_log=False)
+    # keep-alive well beyond uvicorn's 5 s: Telegram and Zalo reuse their webhook connections, and a server that
+    # closes an idle one just as the platform sends on it turns a delivery into a connection error (seen in the
+    # load test, tests/reliability/load.py); 65 s is what common reverse proxies use
+    uvicorn.run(create_app(settings, engine=engine), host=host, port=port, log_level="info", access_log=False,
+                timeout_keep_alive=KEEP_ALIVE_SECONDS)
     return 0

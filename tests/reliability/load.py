@@ -74,6 +74,7 @@ def run(*, duration: float, concurrency: int, rate: float, database_url: str, wo
     latencies: list[float] = []
     statuses: Counter[int] = Counter()
     errors: Counter[str] = Counter()
+    transport_errors: Counter[str] = Counter()  # no HTTP answer (a connection reset): delivered again
     rss: list[tuple[float, float]] = []
     done_series: list[tuple[float, int]] = []
     try:
@@ -119,15 +120,20 @@ def run(*, duration: float, concurrency: int, rate: float, database_url: str, wo
                             if rate:
                                 await tokens.acquire()
                             t0 = time.monotonic()
-                            try:
-                                resp = await client.post(url, json=update.body, headers=HEADERS)
+                            for _attempt in range(5):  # as Telegram does: deliver again what got no answer
+                                try:
+                                    resp = await client.post(url, json=update.body, headers=HEADERS)
+                                except httpx.HTTPError as exc:
+                                    transport_errors[type(exc).__name__] += 1
+                                    await asyncio.sleep(0.5)
+                                    continue
                                 statuses[resp.status_code] += 1
                                 if resp.status_code != 200:
                                     errors[f"status {resp.status_code}"] += 1
-                            except httpx.HTTPError as exc:
-                                errors[type(exc).__name__] += 1
-                                continue
-                            latencies.append(time.monotonic() - t0)
+                                latencies.append(time.monotonic() - t0)
+                                break
+                            else:
+                                errors["no answer after 5 deliveries"] += 1
 
                 async with httpx.AsyncClient(timeout=30.0,
                                              limits=httpx.Limits(max_connections=concurrency)) as client:
@@ -166,6 +172,7 @@ def run(*, duration: float, concurrency: int, rate: float, database_url: str, wo
         "updates_acked": acked,
         "acked_per_s": round(acked / duration, 1),
         "error_responses": dict(errors),
+        "connection_errors_redelivered": dict(transport_errors),
         "statuses": {str(k): v for k, v in statuses.items()},
         "latency_ms": {"p50": round(1000 * percentile(lat, 0.50), 1), "p95": round(1000 * percentile(lat, 0.95), 1),
                        "p99": round(1000 * percentile(lat, 0.99), 1), "max": round(1000 * (lat[-1] if lat else 0), 1)},
