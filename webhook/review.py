@@ -575,9 +575,10 @@ AUDIENCE_LABELS = {
     "village_leaders": "Trưởng thôn còn hộ chưa gửi",
     "officers": "Cán bộ xã",
 }
-# outbox status -> column of the delivery table ("sending" is still waiting to be sent)
-DELIVERY_COLUMNS = {"queued": "queued", "sending": "queued", "sent": "sent", "unreachable": "unreachable",
-                    "failed": "failed"}
+# outbox status -> column of the delivery table ("sending" is still waiting to be sent; "unconfirmed": the
+# platform was called but a crash hid its answer — nearly always delivered, see docs/reliability.md)
+DELIVERY_COLUMNS = {"queued": "queued", "sending": "queued", "sent": "sent", "unconfirmed": "sent",
+                    "unreachable": "unreachable", "failed": "failed"}
 
 
 @dataclass(frozen=True)
