@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, Protocol, TypeVar
 
-from sqlalchemy import and_, bindparam, literal, or_, text, update
+from sqlalchemy import and_, bindparam, func, or_, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
@@ -561,34 +561,34 @@ class OutboxSender:
             self._next_sweep = mono + 30.0
             self.settle_unconfirmed()
         table = OutboxMessage.__table__  # type: ignore[attr-defined]
-        earlier = table.alias("earlier")
-        blocked = (
-            select(literal(1))
-            .select_from(earlier)
-            .where(
-                earlier.c.channel == table.c.channel,
-                earlier.c.chat_id == table.c.chat_id,
-                earlier.c.id < table.c.id,
-                or_(earlier.c.status == "sending",
-                    and_(earlier.c.status == "queued", earlier.c.not_before <= bindparam("now"))),
-            )
-            .exists()
-        )
-        query = (
-            select(table.c.id, table.c.chat_id, table.c.payload, table.c.attempts, table.c.person_id)
-            .where(
-                table.c.channel == self.channel,
-                table.c.status == "queued",
-                table.c.not_before <= bindparam("now"),
-                ~blocked,
-            )
-            .order_by(table.c.priority, table.c.id)
-            .limit(max(4 * want, 32))
-        )
-        if self.engine.dialect.name == "postgresql":
-            query = query.with_for_update(skip_locked=True, of=table)
+        # two index-ordered queries of a few dozen rows each, whatever the size of the queue: the ready rows in
+        # (priority, not_before, id) order as ix_outbox_ready holds them, then the head (lowest id among the rows
+        # that are ready or in flight) of each of their chats (ix_outbox_chat); only heads may go
+        limit = max(4 * want, 32)
         with write_lock(self.engine), self.engine.begin() as conn:
-            found = conn.execute(query, {"now": now}).all()
+            while True:
+                ready = (
+                    select(table.c.id, table.c.chat_id, table.c.payload, table.c.attempts, table.c.person_id)
+                    .where(table.c.channel == self.channel, table.c.status == "queued", table.c.not_before <= now)
+                    .order_by(table.c.priority, table.c.not_before, table.c.id)
+                    .limit(limit)
+                )
+                if self.engine.dialect.name == "postgresql":
+                    ready = ready.with_for_update(skip_locked=True)
+                page = conn.execute(ready).all()
+                heads = dict(conn.execute(
+                    select(table.c.chat_id, func.min(table.c.id))
+                    .where(table.c.channel == self.channel,
+                           table.c.chat_id.in_(bindparam("chats", expanding=True)),
+                           or_(table.c.status == "sending",
+                               and_(table.c.status == "queued", table.c.not_before <= now)))
+                    .group_by(table.c.chat_id),
+                    {"chats": sorted({row.chat_id for row in page}) or [""]},
+                ).all())
+                found = [row for row in page if heads.get(row.chat_id) == row.id]
+                if found or len(page) < limit or limit >= 4096:
+                    break
+                limit *= 8  # a page of rows that all wait behind their chats' earlier rows: look further
             chosen: list[_Claimed] = []
             cooling: dict[str, float] = {}
             chats: set[str] = set()
