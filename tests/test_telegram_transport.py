@@ -25,6 +25,7 @@ from flows.i18n import t
 from flows.types import Button, Say
 from models.settings import Settings, get_settings
 from tests.fakes.telegram_server import Call, FakeTelegram
+from tests.test_privacy_logs import Capture
 
 SECRET_TEXT = "Nguyễn Văn An, thôn Đông 0912 345 678"
 
@@ -239,16 +240,6 @@ def test_an_answer_that_is_not_the_bot_api_is_transient(tmp_path: Path) -> None:
 
 
 # --- privacy and lifecycle --------------------------------------------------------------------------------
-
-
-class Capture(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(level=logging.DEBUG)
-        self.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(self.format(record))
 
 
 def test_neither_the_token_nor_the_text_reaches_a_log_record_or_an_error(
