@@ -576,6 +576,9 @@ class OutboxSender:
                 if self.engine.dialect.name == "postgresql":
                     ready = ready.with_for_update(skip_locked=True)
                 page = conn.execute(ready).all()
+                if not page:  # nothing ready (an idle sender asks every poll): no heads to look up
+                    found = []
+                    break
                 heads = dict(conn.execute(
                     select(table.c.chat_id, func.min(table.c.id))
                     .where(table.c.channel == self.channel,
@@ -583,7 +586,7 @@ class OutboxSender:
                            or_(table.c.status == "sending",
                                and_(table.c.status == "queued", table.c.not_before <= now)))
                     .group_by(table.c.chat_id),
-                    {"chats": sorted({row.chat_id for row in page}) or [""]},
+                    {"chats": sorted({row.chat_id for row in page})},
                 ).all())
                 found = [row for row in page if heads.get(row.chat_id) == row.id]
                 if found or len(page) < limit or limit >= 4096:
