@@ -281,9 +281,16 @@ async def limited(engine: Any, fake_url: str, rate: float, seconds: int, headroo
         while times[j] <= at - 1.0:
             j += 1
         busiest = max(busiest, i - j + 1)
-    return {"rate": rate, "sender_rate": rate * (1 - headroom), "seconds": seconds, "sent": len(window), "achieved": len(window) / seconds,
-            "error": len(window) / seconds / rate - 1, "refused": refused, "min_gap": min_gap, "busiest": busiest,
-            "load": load1()}
+    # each 429: why (the 1-s window or the chat's interval), how far into the run, and how many sends the fake
+    # had accepted in the second before it
+    why = [f"{r['why']} at +{r['at'] - first:.2f} s" for r in calls.get("refusals", [])]
+    return {"rate": rate, "sender_rate": rate * (1 - headroom), "seconds": seconds, "sent": len(window),
+            "achieved": len(window) / seconds, "error": len(window) / seconds / rate - 1, "refused": refused,
+            "why": why, "min_gap": min_gap, "busiest": busiest, "load": load1()}
+
+
+def refusals(lim: dict[str, Any]) -> str:
+    return f" (429s: {', '.join(lim['why'][:5])})" if lim.get("why") else ""
 
 
 def verdicts(results: list[dict[str, Any]]) -> list[str]:
@@ -363,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
             row["limited"] = lim
             print(f"[{label}] limited {args.rate:.0f}/s (sender at {lim['sender_rate']:.2f}/s) for {seconds} s: "
                   f"achieved {lim['achieved']:.2f}/s ({lim['error']:+.1%}), {lim['refused']} × 429, busiest 1-s "
-                  f"window {lim['busiest']}, smallest interval to one chat {lim['min_gap']:.3f} s; load "
+                  f"window {lim['busiest']}, smallest interval to one chat {lim['min_gap']:.3f} s{refusals(lim)}; load "
                   f"{lim['load']:.1f}", flush=True)
             results.append(row)
     verdict = verdicts(results)

@@ -56,6 +56,7 @@ class BenchFake(FakeTelegram):
         self._window: collections.deque[float] = collections.deque()
         self._last_chat: dict[str, float] = {}
         self.limited = 0
+        self.refusals: list[dict[str, Any]] = []
 
     async def _m_sendMessage(self, call: Call) -> Response:
         if self.rate_limit or self.per_chat:
@@ -65,10 +66,13 @@ class BenchFake(FakeTelegram):
             while window and window[0] <= now - 1.0:
                 window.popleft()
             last = self._last_chat.get(chat)
-            if (self.rate_limit and len(window) >= self.rate_limit) or (
-                self.per_chat and last is not None and now - last < self.per_chat
-            ):
+            over_rate = bool(self.rate_limit and len(window) >= self.rate_limit)
+            if over_rate or (self.per_chat and last is not None and now - last < self.per_chat):
                 self.limited += 1
+                # why and when, for the report: the window's first accepted call and this one's lateness
+                self.refusals.append({"at": now, "why": "rate" if over_rate else "chat",
+                                      "window_first": window[0] if window else None,
+                                      "chat_gap": None if last is None else now - last})
                 return tgs._retry_after(1)
             window.append(now)
             self._last_chat[chat] = now
@@ -77,7 +81,7 @@ class BenchFake(FakeTelegram):
     def stats(self) -> dict[str, Any]:
         rows = self.calls.export()  # type: ignore[attr-defined]
         self.calls.rows = [(m, c, a, s) for m, c, a, s in rows]  # type: ignore[attr-defined]
-        return {"calls": rows, "limited": self.limited}
+        return {"calls": rows, "limited": self.limited, "refusals": self.refusals}
 
 
 def lean(port: int) -> None:
@@ -168,6 +172,7 @@ def main() -> int:
     async def reset(_request: Request) -> Response:
         fake.calls.rows = []  # type: ignore[attr-defined]
         fake.limited = 0
+        fake.refusals = []
         return JSONResponse({"ok": True, "at": time.monotonic()})
 
     app = Starlette(routes=[

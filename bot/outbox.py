@@ -16,8 +16,9 @@ Per chat, rows go out in id order, one at a time and ``per_chat_interval`` apart
 carry the interval in ``not_before``, so a restart or another process keeps it too.
 
 Priorities: lower ``priority`` first (0 = reply in a conversation, 10 = bulk reminders), so a January
-broadcast never makes a family wait for their next question. On PostgreSQL rows are claimed with
-``FOR UPDATE SKIP LOCKED``, so several processes can share the outbox.
+broadcast never makes a family wait for their next question. On PostgreSQL several processes can share the
+outbox: a claim is an ``UPDATE … WHERE status = 'queued' RETURNING id`` of the rows chosen, so a row that another
+sender claimed first is passed over.
 
 Rate limits live in each process (a token bucket for the channel); several processes sharing one bot
 should split ``rate_per_second`` between them.
@@ -26,8 +27,10 @@ should split ``rate_per_second`` between them.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
+import math
 import threading
 import time
 import weakref
@@ -52,6 +55,7 @@ R = TypeVar("R")
 
 PRIORITY_REPLY = 0
 PRIORITY_BULK = 10
+MAX_IN_FLIGHT = 64  # platform calls one sender has under way at most (its transport's connection pool size)
 
 
 def utcnow() -> datetime:
@@ -282,6 +286,12 @@ class TokenBucket:
         self.updated = clock()
         self.paused_until = 0.0
         self._lock = asyncio.Lock()
+        # the platforms count calls in any sliding second (Telegram: about 30); the bucket's catch-up after a late
+        # wake-up could put a 31st into one. So at platform rates the last K calls (K = the rate, rounded) must
+        # also span K / rate seconds: the bucket's own pacing, never faster, whatever the timers did
+        self.window = max(1, round(self.rate), math.ceil(self.capacity)) if self.rate <= 1000 else 0
+        self.window_seconds = self.window / self.rate
+        self._recent: collections.deque[float] = collections.deque(maxlen=self.window or 1)
 
     def pause(self, seconds: float) -> None:
         self.paused_until = max(self.paused_until, self.clock() + seconds)
@@ -308,8 +318,15 @@ class TokenBucket:
                 cap = self.capacity + (0.5 if waited else 0.0)
                 self.tokens = min(cap, self.tokens + (now - self.updated) * self.rate)
                 self.updated = now
-                if self.tokens >= 1.0:
-                    self.tokens -= 1.0
+                if self.tokens >= 1.0 - 1e-9:  # a sleep of exactly the missing fraction may fall short by rounding
+                    recent = self._recent
+                    if self.window and len(recent) == self.window and now - recent[0] < self.window_seconds - 1e-6:
+                        await self.sleep(recent[0] + self.window_seconds - now)
+                        waited = True
+                        continue
+                    self.tokens = max(0.0, self.tokens - 1.0)
+                    if self.window:
+                        recent.append(now)
                     return True
                 await self.sleep((1.0 - self.tokens) / self.rate)
                 waited = True
@@ -342,6 +359,17 @@ _RUNNING: dict[tuple[str, str], int] = {}
 _RUNNING_GUARD = threading.Lock()
 
 
+def _status(table: Any) -> Any:
+    """The status column for the per-chat statements, as an expression no index can serve.
+
+    Those statements name one chat (or a few), and ix_outbox_chat finds their rows at once; but right after a
+    bulk enqueue (a fan-out of 100,000 rows) PostgreSQL has no statistics yet, estimates one row for any
+    condition, and chose ix_outbox_ready on (channel, status) instead, scanning every queued row for each chat:
+    a mark of 32 rows took 5-30 ms instead of 1. Wrapped in coalesce, the status cannot be an index condition,
+    so only the chat's index matches both the channel and the chat."""
+    return func.coalesce(table.c.status, "")
+
+
 def _lock_key(engine: Engine, channel: str) -> int:
     """A stable key for the PostgreSQL advisory lock that the live senders of one deployment's channel share
     (advisory locks are per database: the URL, with its schema options, tells deployments apart)."""
@@ -369,8 +397,8 @@ class OutboxSender:
         transport: Transport,
         rate_per_second: float = 25.0,
         per_chat_interval: float = 1.0,
-        batch_size: int = 50,
-        max_in_flight: int = 8,
+        batch_size: int = 64,
+        max_in_flight: int | None = None,
         max_attempts: int = 8,
         poll_seconds: float = 1.0,
         lease_seconds: float = 120.0,
@@ -383,6 +411,11 @@ class OutboxSender:
         self.transport = transport
         self.per_chat_interval = per_chat_interval
         self.batch_size = batch_size
+        # calls in flight: 8 at platform rates (30/s: a 429 finds few calls under way); more when the limit is
+        # lifted (paid broadcasts, a local Bot API server), so that one claim and one mark commit serve dozens of
+        # rows instead of a few — on PostgreSQL each is a few round trips, which 8 in flight could not hide
+        if max_in_flight is None:
+            max_in_flight = max(8, min(MAX_IN_FLIGHT, int(rate_per_second / 50)))
         self.max_in_flight = max(1, max_in_flight)
         self.max_attempts = max_attempts
         self.poll_seconds = poll_seconds
@@ -573,8 +606,6 @@ class OutboxSender:
                     .order_by(table.c.priority, table.c.not_before, table.c.id)
                     .limit(limit)
                 )
-                if self.engine.dialect.name == "postgresql":
-                    ready = ready.with_for_update(skip_locked=True)
                 page = conn.execute(ready).all()
                 if not page:  # nothing ready (an idle sender asks every poll): no heads to look up
                     found = []
@@ -583,8 +614,8 @@ class OutboxSender:
                     select(table.c.chat_id, func.min(table.c.id))
                     .where(table.c.channel == self.channel,
                            table.c.chat_id.in_(bindparam("chats", expanding=True)),
-                           or_(table.c.status == "sending",
-                               and_(table.c.status == "queued", table.c.not_before <= now)))
+                           or_(_status(table) == "sending",
+                               and_(_status(table) == "queued", table.c.not_before <= now)))
                     .group_by(table.c.chat_id),
                     {"chats": sorted({row.chat_id for row in page})},
                 ).all())
@@ -606,12 +637,16 @@ class OutboxSender:
                     chats.add(chat_id)
                     chosen.append(_Claimed(row_id, chat_id, dict(payload), attempts + 1, person_id))
             if chosen:
-                conn.execute(
+                # only the chosen rows are locked (no FOR UPDATE on the page read: on PostgreSQL that wrote a lock
+                # into four times as many rows as were sent); a row another sender claimed meanwhile is no longer
+                # queued once its claim commits, so this UPDATE passes it over and it is not sent twice
+                claimed = {row_id for row_id, in conn.execute(
                     update(table)
-                    .where(table.c.id == bindparam("b_id"), table.c.status == "queued")
-                    .values(status="sending", attempts=bindparam("b_attempts"), not_before=now + self.lease),
-                    [{"b_id": c.id, "b_attempts": c.attempts} for c in chosen],
-                )
+                    .where(table.c.id.in_([c.id for c in chosen]), table.c.status == "queued")
+                    .values(status="sending", attempts=table.c.attempts + 1, not_before=now + self.lease)
+                    .returning(table.c.id)
+                )}
+                chosen = [c for c in chosen if c.id in claimed]
             if cooling:  # rows queued during their chat's interval: out of the way until it has passed
                 self._defer_chats(conn, [(chat, now + timedelta(seconds=ready - mono))
                                          for chat, ready in cooling.items()])
@@ -644,7 +679,7 @@ class OutboxSender:
         conn.execute(
             update(table)
             .where(table.c.channel == self.channel, table.c.chat_id == bindparam("b_chat"),
-                   table.c.status == "queued", table.c.not_before < bindparam("b_until"))
+                   _status(table) == "queued", table.c.not_before < bindparam("b_until"))
             .values(not_before=bindparam("b_until")),
             [{"b_chat": chat, "b_until": until} for chat, until in chats],
         )

@@ -61,7 +61,7 @@ from yarl import URL
 
 from bot.inbox import Inbound, store_update
 from bot.media import TOO_BIG, store_photo
-from bot.outbox import PermanentError, RetryAfterError, TransientError, UnreachableError
+from bot.outbox import MAX_IN_FLIGHT, PermanentError, RetryAfterError, TransientError, UnreachableError
 from flows.i18n import t
 from flows.types import Button, Event, Say
 from models.settings import Settings
@@ -252,7 +252,7 @@ def _markup(
 
 # --- the transport --------------------------------------------------------------------------------------
 
-SEND_CONNECTIONS = 8  # the sender's calls in flight (OutboxSender max_in_flight); more only queue in the pool
+SEND_CONNECTIONS = MAX_IN_FLIGHT  # the sender's calls in flight at most (8 at platform rates: see OutboxSender)
 SEND_CONNECT_TIMEOUT = 5.0  # seconds: TCP (and TLS) connect, and the wait for a free pooled connection
 SEND_READ_TIMEOUT = 10.0  # seconds between bytes of the answer, as make_bot's read_timeout
 UNREACHABLE_400 = ("chat not found", "user is deactivated")
