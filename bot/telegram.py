@@ -335,6 +335,7 @@ class TelegramTransport:
         self.read_timeout = read_timeout
         self._session: aiohttp.ClientSession | None = None
         self._url: URL | None = None
+        self._answer_url: URL | None = None
         self._proxy: str | None = None
         if isinstance(bot.request, _BotRequest):
             bot.request.on_shutdown.append(self.aclose)  # bot.shutdown() closes the session too
@@ -342,6 +343,7 @@ class TelegramTransport:
     def _open(self) -> aiohttp.ClientSession:
         url = f"{self.bot.base_url}/sendMessage"  # holds the token: never logged
         self._url = URL(url, encoded=True)
+        self._answer_url = URL(f"{self.bot.base_url}/answerCallbackQuery", encoded=True)
         self._proxy = _env_proxy(url)
         connector = aiohttp.TCPConnector(
             limit=self.connections, limit_per_host=self.connections, keepalive_timeout=30.0, ttl_dns_cache=300
@@ -377,6 +379,27 @@ class TelegramTransport:
         for kwargs in render(Say.from_json(payload)):
             last = await self._send_message(session, send_message_body(chat_id, kwargs))
         return last
+
+    async def answer_callback(self, query_id: str) -> bool:
+        """answerCallbackQuery (stops the button's spinner) on the same lean path; True when Telegram said ok.
+
+        Through PTB (``CallbackQuery.answer`` → httpx) this cost about as much CPU as the whole flow step of
+        the button press it answered. Failures are only counted: a query answered late (after a restart) is
+        "too old", and the spinner stops by itself."""
+        session = self._session
+        if session is None or session.closed:
+            session = self._open()
+        body = json.dumps({"callback_query_id": query_id}).encode()
+        try:
+            async with session.post(self._answer_url, data=body, proxy=self._proxy) as response:  # type: ignore[arg-type]
+                raw = await response.read()
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return False
+        try:
+            return status < 300 and json.loads(raw).get("ok") is True
+        except (ValueError, AttributeError):
+            return False
 
     async def _send_message(self, session: aiohttp.ClientSession, body: bytes) -> str | None:
         try:
@@ -434,6 +457,7 @@ class TelegramChannel:
         self.engine = engine
         self.bot = bot or make_bot(settings)
         self.transport = TelegramTransport(self.bot)
+        self._answers: set[asyncio.Task[bool]] = set()  # answerCallbackQuery calls under way
 
     async def initialize(self) -> None:
         """Open the HTTP clients and check the token (getMe); remember the bot's username for invite links."""
@@ -455,6 +479,8 @@ class TelegramChannel:
             session.commit()
 
     async def shutdown(self) -> None:
+        if self._answers:  # the spinners of the last button presses: a few round trips, bounded
+            await asyncio.wait(set(self._answers), timeout=5.0)
         with contextlib.suppress(Exception):
             await self.transport.aclose()
         with contextlib.suppress(Exception):
@@ -560,9 +586,11 @@ class TelegramChannel:
         return Inbound()  # service messages
 
     async def _callback(self, query: CallbackQuery) -> Inbound:
-        # stop the spinner; a query answered late (after a restart) is "too old": nothing to do about it
-        with contextlib.suppress(TelegramError):
-            await query.answer()
+        # stop the spinner, alongside the processing rather than before it (the reply need not wait for this
+        # round trip); a query answered late (after a restart) is "too old": nothing to do about it
+        answer = asyncio.create_task(self.transport.answer_callback(query.id))
+        self._answers.add(answer)
+        answer.add_done_callback(self._answers.discard)
         message = query.message
         chat_id = str(message.chat.id) if message is not None else str(query.from_user.id)
         if message is not None and message.chat.type != "private":

@@ -320,3 +320,21 @@ def test_the_session_closes_with_the_bot_and_with_the_channel(
     asyncio.run(with_channel())
     assert fake.sent_texts(801) == ["một", "hai"]
     assert fake.sent_texts(802) == ["ba"]
+
+
+# --- answerCallbackQuery ----------------------------------------------------------------------------------
+
+
+def test_a_button_press_is_answered_on_the_lean_path_and_a_failure_is_only_reported(
+    fake: ScriptedFake, tmp_path: Path
+) -> None:
+    settings = settings_for(tmp_path, fake.base_url, fake.token)
+    assert run_with_transport(settings, lambda tr: tr.answer_callback("cq7")) is True
+    assert [c.params["callback_query_id"] for c in fake.calls_of("answerCallbackQuery")] == ["cq7"]
+    fake.fail_next("answerCallbackQuery", 1, 400)
+    assert run_with_transport(settings, lambda tr: tr.answer_callback("cq8")) is False
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    nowhere = settings_for(tmp_path, f"http://127.0.0.1:{port}", "123:refused")
+    assert run_with_transport(nowhere, lambda tr: tr.answer_callback("cq9"), connect_timeout=2.0) is False
