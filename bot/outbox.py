@@ -265,6 +265,21 @@ class Transport(Protocol):
 # --- rate limiting ----------------------------------------------------------------------------------------
 
 
+class Call:
+    """One call the bucket let go: when it started, and when its answer came back (``finished()``)."""
+
+    __slots__ = ("start", "done", "_clock")
+
+    def __init__(self, start: float, clock: Callable[[], float]) -> None:
+        self.start = start
+        self.done: float | None = None
+        self._clock = clock
+
+    def finished(self) -> None:
+        if self.done is None:
+            self.done = self._clock()
+
+
 class TokenBucket:
     """``rate`` sends per second with bursts up to ``capacity``; ``pause()`` stops everyone for a while."""
 
@@ -288,10 +303,15 @@ class TokenBucket:
         self._lock = asyncio.Lock()
         # the platforms count calls in any sliding second (Telegram: about 30); the bucket's catch-up after a late
         # wake-up could put a 31st into one. So at platform rates the last K calls (K = the rate, rounded) must
-        # also span K / rate seconds: the bucket's own pacing, never faster, whatever the timers did
+        # also span K / rate seconds: the bucket's own pacing, never faster, whatever the timers did. And a call
+        # the platform received late (a stalled loop, a slow network: it reached the platform at some point
+        # before its answer came back) starts its second later: the call K later waits until K / rate after
+        # that answer, less the fastest round trip seen (the time a call needs to arrive and be answered at
+        # best). With steady round trips that changes nothing; under a stall it kept the 1-s windows the
+        # platform counts from filling up (7 × 429 in 5 minutes at load 3 without it, bench/outbound.py).
         self.window = max(1, round(self.rate), math.ceil(self.capacity)) if self.rate <= 1000 else 0
         self.window_seconds = self.window / self.rate
-        self._recent: collections.deque[float] = collections.deque(maxlen=self.window or 1)
+        self._recent: collections.deque[Call] = collections.deque(maxlen=self.window or 1)
 
     def pause(self, seconds: float) -> None:
         self.paused_until = max(self.paused_until, self.clock() + seconds)
@@ -300,13 +320,23 @@ class TokenBucket:
     def paused_for(self) -> float:
         return max(0.0, self.paused_until - self.clock())
 
-    async def acquire(self, abort: Callable[[], bool] = lambda: False) -> bool:
-        """Wait for a token; False when ``abort()`` turned true while waiting (the caller gives up)."""
+    def _window_opens(self) -> float:
+        """The clock() time at which the sliding window lets the next call go."""
+        first = self._recent[0]
+        opens = first.start + self.window_seconds
+        if first.done is not None:
+            fastest = min(c.done - c.start for c in self._recent if c.done is not None)
+            opens = max(opens, first.done + self.window_seconds - fastest)
+        return opens
+
+    async def acquire(self, abort: Callable[[], bool] = lambda: False) -> Call | None:
+        """Wait for a token: the call's record (tell it ``finished()`` when the platform answered), or None when
+        ``abort()`` turned true while waiting (the caller gives up)."""
         async with self._lock:  # FIFO: claimed rows go out in priority order
             waited = False
             while True:
                 if abort():
-                    return False
+                    return None
                 wait = self.paused_for()
                 if wait > 0:
                     await self.sleep(min(wait, 0.25))
@@ -320,14 +350,17 @@ class TokenBucket:
                 self.updated = now
                 if self.tokens >= 1.0 - 1e-9:  # a sleep of exactly the missing fraction may fall short by rounding
                     recent = self._recent
-                    if self.window and len(recent) == self.window and now - recent[0] < self.window_seconds - 1e-6:
-                        await self.sleep(recent[0] + self.window_seconds - now)
-                        waited = True
-                        continue
+                    if self.window and len(recent) == self.window:
+                        opens = self._window_opens()
+                        if now < opens - 1e-6:
+                            await self.sleep(opens - now)
+                            waited = True
+                            continue
                     self.tokens = max(0.0, self.tokens - 1.0)
+                    call = Call(now, self.clock)
                     if self.window:
-                        recent.append(now)
-                    return True
+                        recent.append(call)
+                    return call
                 await self.sleep((1.0 - self.tokens) / self.rate)
                 waited = True
 
@@ -744,7 +777,7 @@ class OutboxSender:
                 await asyncio.to_thread(self._finish, row, status="queued", attempts=max(row.attempts - 1, 0),
                                         not_before=self.now())
                 return
-            await self._call(row)
+            await self._call(row, got)
         finally:
             self._in_flight_chats.discard(row.chat_id)
             if self.per_chat_interval > 0:
@@ -753,9 +786,12 @@ class OutboxSender:
                     mono = self.clock()
                     self._cooling = {c: t for c, t in self._cooling.items() if t > mono}
 
-    async def _call(self, row: _Claimed) -> None:
+    async def _call(self, row: _Claimed, call: Call) -> None:
         try:
-            message_id = await self.transport.send(row.chat_id, row.payload)
+            try:
+                message_id = await self.transport.send(row.chat_id, row.payload)
+            finally:
+                call.finished()  # the answer is in: before the database work that follows
         except RetryAfterError as exc:
             # pause the whole channel, as the platform asks; this row goes back, untried, and waits
             self.bucket.pause(exc.retry_after)

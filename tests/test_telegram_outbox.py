@@ -428,6 +428,43 @@ def test_no_second_holds_more_calls_than_the_rate_even_when_timers_wake_late(lat
     assert times[-1] <= 199 / 30 + delayed[0] + 1e-6
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(min_value=0.0, max_value=0.3), min_size=1, max_size=40), st.integers(0, 39))
+def test_calls_that_reach_the_platform_late_do_not_crowd_its_second(delays, stall_at) -> None:
+    """A stalled loop or network delivers some calls late, their answers later still; the platform counts
+    arrivals, so the bucket starts the next calls' second from the late answers: no sliding second of
+    arrivals holds a 31st call."""
+    now = [0.0]
+    pending: list[tuple[float, Any]] = []  # (when the answer comes back, the call)
+    arrivals: list[float] = []
+
+    def advance(to: float) -> None:
+        now[0] = max(now[0], to)
+        for at, call in sorted(pending, key=lambda p: p[0]):
+            if at <= now[0]:
+                saved, now[0] = now[0], at
+                call.finished()
+                now[0] = saved
+        pending[:] = [(at, call) for at, call in pending if call.done is None]
+
+    async def sleep(seconds: float) -> None:
+        advance(now[0] + seconds)
+
+    bucket = TokenBucket(29.55, clock=lambda: now[0], sleep=sleep)
+
+    async def take() -> None:
+        for n in range(150):
+            call = await bucket.acquire()
+            # 1 ms each way normally; a stall of up to 0.3 s on the way in for some of the calls
+            delay = 0.001 + (delays[n % len(delays)] if n % 40 == stall_at else 0.0)
+            arrivals.append(now[0] + delay)
+            pending.append((now[0] + delay + 0.001, call))
+
+    asyncio.run(take())
+    arrivals.sort()
+    assert all(arrivals[i + 30] - arrivals[i] > 1.0 for i in range(len(arrivals) - 30))
+
+
 def test_rendering_through_the_fake(engine, tmp_path, fake) -> None:
     long_value = "assess:gia_dinh:2026:" + "x" * 80
     queue(engine, [])
