@@ -513,7 +513,7 @@ def write_docs(argv: list[str] | None, communes: int, households: int, results: 
         "## Review pages at province scale (bench/review_scale.py)",
         "",
         f"- date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
-        f"- machine: {machine()}; other engineers' benchmarks shared it (load average, 1 min, per row)",
+        f"- machine: {machine()}; load average (1 min) per row",
         f"- command: `{redact(command.strip())}`",
         f"- data: {communes} communes × {households:,} households = {communes * households:,} households; per "
         f"commune {VILLAGES} villages, {CLANS} clans, {UNITS} units; two assessments per household (gia_dinh, "
@@ -576,14 +576,22 @@ without lxml spends ~0.1 ms per cell in its pure-Python serialiser; same workboo
 styles, widths, panes and extents (tests/test_review_scale.py; compared with the old export on a full commune).
 Lists look subjects up by columns and leave out village leaders (the grants have no index by village).
 
-**What limits the dashboard now.** Each view reads the answers of every submission of the year (10,070 rows,
-~1.5 MB of JSON text for a 5,000-household commune): the bare query takes ~100 ms in sqlite3 at load 5, and
-turning 10,000 rows into Python tuples and counting them ~150 ms more; under this machine's load that is
-0.5–1.2 s. Reaching 200 ms needs the proposal stored with the submission (e.g. `Assessment.proposed_passed`
-written by the unit of work with the answers and refreshed when a criteria set changes) or a per-commune summary
-row — a column in a table whose columns are not mine; proposed to the lead. The queue's remaining cost is the
-computed shares of the villages and clans on the page (PostgreSQL: ~5,000 index probes and a clanmember scan,
-~80 ms); the export's is the dashboard it embeds plus the recognised rows.
+**Stored proposals (6 December).** Before, each dashboard view read the answers of every submission of the year
+(10,070 rows, ~1.5 MB of JSON text for a 5,000-household commune) and scored them from memory: on a quiet machine
+(load 0.5–1) p50 95 / p95 184 ms on SQLite and p50 214 / p95 397 ms on PostgreSQL, the export 0.40–0.54 s and
+0.62–1.00 s (same seed, same client, run just before the change; PostgreSQL with the previous commit's code).
+Now the dashboard keeps each proposal in `Assessment.proposal` ("fingerprint of the criteria set|total|max|passed",
+migration b3c0proposal01) for titles without computed criteria, and later views read that short text: the SQL
+returns the answers only where it is empty or was computed with another set (CASE in the select), so a view
+after the first reads ~10,000 short strings. The unit of work empties the column whenever it saves an answer
+(ORM and hot path); the dashboard writes it on its own connection, in transactions of 2,000 rows under the
+SQLite write lock, and only where the answers are still the text it scored (`WHERE id = … AND answers = …`), so
+an answer saved in between is never covered by an old proposal (tests/test_stored_proposal.py). Villages and
+clans (computed shares of recognised members) are still scored live: 75 subjects a commune. The cold figure
+above is the first view after seeding, which scores and stores all of them; during the November wave a view
+rescores only what changed since the last. The export embeds the dashboard and reads the recognised rows'
+stored proposals the same way. The queue's remaining cost is the computed shares of the villages and clans on
+the page (PostgreSQL: ~5,000 index probes and a clanmember scan).
 
 **Proposals for files others own:** an index on `rolegrant.village_id` (village leaders of a village: every
 grant is scanned; `notify_decision` still does it); `person (commune_code, unreachable_at)` and

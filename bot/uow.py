@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import and_, bindparam, func, insert, update
 from sqlalchemy import select as core_select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm.attributes import flag_modified
 from sqlmodel import Session, col, select
 from vietnam_provinces import Province as VnProvince
 from vietnam_provinces import Ward
@@ -245,11 +246,12 @@ _AUDIT = Prepared(lambda _d: insert(_table(AuditLog)).values(
     detail=bindparam("detail")))
 _SAVE_ANSWERS = Prepared(lambda _d: update(_table(Assessment)).where(_table(Assessment).c.id == bindparam("b_id"))
                          .values(answers=bindparam("answers"), answered_by=bindparam("answered_by"),
-                                 updated_at=bindparam("now")))
+                                 updated_at=bindparam("now"), proposal=None))
 _SAVE_ANSWERS_PROXY = Prepared(lambda _d: update(_table(Assessment))
                                .where(_table(Assessment).c.id == bindparam("b_id"))
                                .values(answers=bindparam("answers"), answered_by=bindparam("answered_by"),
-                                       updated_at=bindparam("now"), proxy=True, proxy_by=bindparam("proxy_by")))
+                                       updated_at=bindparam("now"), proposal=None, proxy=True,
+                                       proxy_by=bindparam("proxy_by")))
 _OUTBOX_COLUMNS = ("idempotency_key", "channel", "chat_id", "person_id", "payload", "priority", "status", "campaign",
                    "attempts", "not_before", "created_at")
 
@@ -484,6 +486,8 @@ class _Applier:
             log.warning("answer to a locked assessment %s ignored", row.id)
             return
         row.answers = {**(row.answers or {}), e.criterion: e.value}  # a new dict: JSON columns track assignment
+        row.proposal = None  # the review pages' cached proposal was for the old answers; written even when the
+        flag_modified(row, "proposal")  # loaded object says None already (the dashboard writes on its own connection)
         row.answered_by = self.person_id
         row.updated_at = self.now
         if e.proxy_by is not None:

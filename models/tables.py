@@ -205,6 +205,9 @@ class Assessment(SQLModel, table=True):
     proxy_by: int | None = Field(default=None, foreign_key="person.id")
     total: float | None = None
     passed: bool | None = None
+    # the review pages' proposal for these answers, "fingerprint|total|max|passed" (webhook/admin.py): written by
+    # the dashboard only while the answers are still those it scored, emptied whenever the answers are saved
+    proposal: str | None = None
     submitted_at: datetime | None = ts_field()
     confirmed_by: int | None = Field(default=None, foreign_key="person.id")
     confirmed_at: datetime | None = ts_field()

@@ -22,11 +22,12 @@ from models.tables import Assessment, Commune
 from webhook.admin import (
     STATUS_NAMES,
     TITLES,
-    answers_text,
+    answers_unless_stored,
     computed_many,
     criteria_for,
     dashboard,
     proposal,
+    stored_proposal,
     subject_infos,
     title_name,
     village_names,
@@ -90,21 +91,24 @@ def _number(value: float) -> int | float:
 
 def recognised_rows(session: Session, commune: Commune, year: int) -> list[dict[str, Any]]:
     """Recognised subjects of the year, ordered by village, title, name."""
+    sets = criteria_for(commune)
+    needs = {t for t, cset in sets.items() if any(c.computed for c in cset.criteria)}
     rows = list(session.connection().execute(
         select(Assessment.id, Assessment.subject_type, Assessment.subject_id, Assessment.village_id, Assessment.title,
-               Assessment.year, Assessment.total, answers_text())
+               Assessment.year, Assessment.total, Assessment.proposal, answers_unless_stored(sets, needs))
         .where(Assessment.commune_code == commune.code, Assessment.year == year, Assessment.status == "recognised")
         .order_by(col(Assessment.id))).all())
     infos = subject_infos(session, {(kind, ident) for _id, kind, ident, *_rest in rows}, contacts=False)
     vnames = village_names(session, [commune.code])
-    sets = criteria_for(commune)
-    needs = {t for t, cset in sets.items() if any(c.computed for c in cset.criteria)}
-    computed = computed_many(session, {(kind, ident, y) for _id, kind, ident, _v, t, y, _t, _a in rows if t in needs})
+    computed = computed_many(session, {(kind, ident, y) for _id, kind, ident, _v, t, y, *_rest in rows if t in needs})
     out = []
-    for _id, kind, ident, village_id, title, y, total, text in rows:
+    for _id, kind, ident, village_id, title, y, total, stored, text in rows:
         info = infos[(kind, ident)]
         vid = village_id or info.village_id
-        result = proposal(sets.get(title), text, computed.get((kind, ident, y)) if title in needs else None)
+        if text is None:
+            result = stored_proposal(sets.get(title), stored)
+        else:
+            result = proposal(sets.get(title), text, computed.get((kind, ident, y)) if title in needs else None)
         out.append({"name": info.name, "village": vnames.get(vid or 0, ""), "title": title,
                     "title_name": title_name(title), "points": _number(result[0] if result else (total or 0))})
     order = {t: i for i, t in enumerate(TITLES)}
