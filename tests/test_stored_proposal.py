@@ -128,3 +128,20 @@ def test_an_answer_saved_by_the_bot_empties_the_stored_proposal(session: Session
     assert third.proposal is None
     admin.dashboard(session, commune, 2026)
     assert admin.stored_proposal(cset, _stored(engine)[row.id or 0]) == admin.quick_proposal(cset, third.answers)
+
+
+def test_the_criteria_set_fingerprint_is_the_same_in_every_process() -> None:
+    # stored proposals outlive the process: a fingerprint that moved with Python's hash seed would make every
+    # restart rescore every submission (and never match what another worker process stored)
+    import os
+    import subprocess
+    import sys
+
+    code = ("from flows.criteria import load_sets; from webhook import admin; "
+            "print(sorted((t, admin.stored_key(c)) for t, c in load_sets(local=('31',)).items()))")
+    seen = set()
+    for seed_value in ("1", "2", "3"):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60,
+                             env={**os.environ, "PYTHONHASHSEED": seed_value}).stdout
+        seen.add(out)
+    assert len(seen) == 1 and "gia_dinh" in next(iter(seen))
