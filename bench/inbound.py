@@ -611,7 +611,7 @@ def write_docs(results: list[Result], args: argparse.Namespace, command: str) ->
         "## Inbound: webhook → flow step → reply at the Bot API (bench/inbound.py)",
         "",
         f"- date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
-        f"- machine: {machine()}; other engineers' test runs shared it (load average per row, 1 min)",
+        f"- machine: {machine()}; load average (1 min) per row",
         f"- command: `{command}`",
         f"- load: wrk 4.1 ({args.connections} connections, 2 threads, {args.duration} s per run, closed loop); "
         f"baseline = a bare FastAPI endpoint that parses the same JSON (bench/bare_app.py), same uvicorn "

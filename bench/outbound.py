@@ -383,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
             "## Outbound: the outbox sender against the fake Bot API (bench/outbound.py)",
             "",
             f"- date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
-            f"- machine: {machine()}; other engineers' test runs shared it (load average per row, 1 min)",
+            f"- machine: {machine()}; load average (1 min) per row",
             f"- command: `{redact(command.strip())}`; event loop: {LOOP}",
             "- sender = bot.outbox.OutboxSender + bot.telegram.TelegramTransport (sendMessage as a JSON POST on a "
             "keep-alive aiohttp session; python-telegram-bot for getMe) in this process; the fake Bot API "
