@@ -486,8 +486,10 @@ class _Applier:
             log.warning("answer to a locked assessment %s ignored", row.id)
             return
         row.answers = {**(row.answers or {}), e.criterion: e.value}  # a new dict: JSON columns track assignment
-        row.proposal = None  # the review pages' cached proposal was for the old answers; written even when the
-        flag_modified(row, "proposal")  # loaded object says None already (the dashboard writes on its own connection)
+        # the review pages' stored proposal was for the old answers; flagged so that it is written even when the
+        # loaded object says None already (the dashboard stores proposals on a connection of its own)
+        row.proposal = None
+        flag_modified(row, "proposal")
         row.answered_by = self.person_id
         row.updated_at = self.now
         if e.proxy_by is not None:

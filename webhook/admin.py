@@ -456,18 +456,24 @@ def _stored_text(cset: CriteriaSet, found: Proposal) -> str:
     return f"{stored_key(cset)}|{float(found[0])!r}|{int(found[1])}|{int(bool(found[2]))}"
 
 
-def stored_usable(sets: dict[str, CriteriaSet], live: set[str]) -> Any:
-    """SQL: Assessment.proposal was computed with the title's criteria set as it is now, and the title has no
-    computed criteria (``live``: always scored afresh). Never NULL."""
+def live_titles(sets: dict[str, CriteriaSet]) -> set[str]:
+    """Titles whose sets have computed criteria (shares of recognised members): always scored afresh."""
+    return {title for title, cset in sets.items() if any(c.computed for c in cset.criteria)}
+
+
+def stored_usable(sets: dict[str, CriteriaSet]) -> Any:
+    """SQL: Assessment.proposal was computed with the title's criteria set as it is now, and the title is not
+    one of live_titles. Never NULL."""
     stored = func.coalesce(col(Assessment.proposal), "")  # NULL would make the whole condition NULL
+    live = live_titles(sets)
     fresh = [(col(Assessment.title) == title) & stored.startswith(stored_key(cset) + "|", autoescape=True)
              for title, cset in sets.items() if title not in live]
     return or_(*fresh) if fresh else false()
 
 
-def answers_unless_stored(sets: dict[str, CriteriaSet], live: set[str]) -> Any:
+def answers_unless_stored(sets: dict[str, CriteriaSet]) -> Any:
     """The answers text of a submission (not a draft) whose stored proposal cannot be used, else NULL."""
-    return case((and_(col(Assessment.status) != "draft", ~stored_usable(sets, live)), answers_text()), else_=None)
+    return case((and_(col(Assessment.status) != "draft", ~stored_usable(sets)), answers_text()), else_=None)
 
 
 def keep_proposals(session: Session, rows: list[tuple[int, str, str]]) -> None:
@@ -616,9 +622,9 @@ def dashboard(session: Session, commune: Commune, year: int) -> Dashboard:
     # are counted in SQL, grouped by title, status and household village, with the stored verdicts summed; the
     # rest (drafts of villages' own files, computed titles, proposals not stored yet) come one by one, with their
     # answers where they must be scored.
-    needs_computed = {t_ for t_, cset in sets.items() if any(c.computed for c in cset.criteria)}
+    needs_computed = live_titles(sets)
     own_file = (col(Assessment.title) == "cong_dong") & (col(Assessment.subject_type) == "village")
-    counted = and_(col(Assessment.status) != "draft", stored_usable(sets, needs_computed), ~own_file)
+    counted = and_(col(Assessment.status) != "draft", stored_usable(sets), ~own_file)
     of_year = (Assessment.commune_code == code, Assessment.year == year)
     hh_village = ((Assessment.subject_type == "household") & (col(Household.id) == Assessment.subject_id)
                   & (Household.commune_code == code))

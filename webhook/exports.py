@@ -26,6 +26,7 @@ from webhook.admin import (
     computed_many,
     criteria_for,
     dashboard,
+    live_titles,
     proposal,
     stored_proposal,
     subject_infos,
@@ -92,10 +93,10 @@ def _number(value: float) -> int | float:
 def recognised_rows(session: Session, commune: Commune, year: int) -> list[dict[str, Any]]:
     """Recognised subjects of the year, ordered by village, title, name."""
     sets = criteria_for(commune)
-    needs = {t for t, cset in sets.items() if any(c.computed for c in cset.criteria)}
+    needs = live_titles(sets)
     rows = list(session.connection().execute(
         select(Assessment.id, Assessment.subject_type, Assessment.subject_id, Assessment.village_id, Assessment.title,
-               Assessment.year, Assessment.total, Assessment.proposal, answers_unless_stored(sets, needs))
+               Assessment.year, Assessment.total, Assessment.proposal, answers_unless_stored(sets))
         .where(Assessment.commune_code == commune.code, Assessment.year == year, Assessment.status == "recognised")
         .order_by(col(Assessment.id))).all())
     infos = subject_infos(session, {(kind, ident) for _id, kind, ident, *_rest in rows}, contacts=False)
