@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import bindparam, text, update
+from sqlalchemy import bindparam, literal_column, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
@@ -37,6 +37,10 @@ from models.settings import Settings
 from models.tables import ChatIdentity, InboxUpdate, Person
 
 log = logging.getLogger("hoctap.inbox")
+
+# the literal, not a bound parameter: only then can the planners (a prepared statement's generic plan on
+# PostgreSQL, SQLite always) use the partial indexes of the pending rows (models/tables.py)
+_IS_PENDING = col(InboxUpdate.status) == literal_column("'pending'")
 
 
 def store_update(
@@ -232,15 +236,20 @@ class InboxWorker:
     # made the worker the bottleneck
     min_batch: int = 16
     pipeline: bool = True  # read and normalise the next batch while the current one commits
+    commits: int = 4  # PostgreSQL: batches committing at the same time (see _commits_at_once)
     max_attempts: int = 5
     poll_seconds: float = 5.0
     backoff: Callable[[int], float] = lambda attempts: min(2.0**attempts, 60.0)  # seconds, per chat
+    analyze_rows: int = 1000  # PostgreSQL: ANALYZE the inbox after this many handled rows (0: never) ...
+    analyze_seconds: float = 10.0  # ... and at most this often (see _maybe_analyze)
 
     def __post_init__(self) -> None:
         self._wake = asyncio.Event()
         self._stopping = False
         self._retry_at: dict[tuple[str, str], float] = {}  # (channel, chat) → loop time of the next try
         self._row_seconds = 0.002  # moving average of one row's share of a batch transaction
+        self._handled_since_analyze = 0
+        self._analyzed_at = -float("inf")
 
     def add_channel(self, name: str, normalise: Normaliser, *, ordered_ids: bool = False) -> None:
         self.channels[name] = InboxChannel(normalise, ordered_ids)
@@ -279,33 +288,52 @@ class InboxWorker:
         handled = 0
         skip: set[tuple[str, str]] = set()  # chats whose head failed (or is locked elsewhere) in this pass
         limit = asyncio.Semaphore(self.concurrency)
-        committing: asyncio.Task[int] | None = None
-        inflight: set[tuple[str, str]] = set()
+        committing: dict[asyncio.Task[int], set[tuple[str, str]]] = {}  # commit → its batch's chats
+        most = self._commits_at_once()
         try:
             while not self._stopping:
-                # pipelined: the next batch is read and normalised (network) while this one commits (thread)
+                # pipelined: the next batch is read and normalised (network) while earlier ones commit
+                # (threads); their chats are left out, so each chat still has one row in work at a time
                 now = asyncio.get_running_loop().time()
                 waiting = {key for key, at in self._retry_at.items() if at > now}
                 size = max(min(self.min_batch, self.batch_size),
                            min(self.batch_size, int(self.batch_seconds / max(self._row_seconds, 1e-6))))
+                inflight = set().union(*committing.values())
                 ready = await self._prepare(skip | waiting | inflight, size, limit, skip)
-                committed = committing is not None
-                if committing is not None:
-                    handled += await committing
-                    committing, inflight = None, set()
+                committed = False
+                while committing and (not ready or len(committing) >= most or not self.pipeline):
+                    done, _ = await asyncio.wait(committing, return_when=asyncio.FIRST_COMPLETED)
+                    for task in done:
+                        del committing[task]
+                        handled += task.result()
+                    committed = True
+                    if not ready:
+                        break  # look again: the committed chats may have more rows
+                for task in [t for t in committing if t.done()]:
+                    del committing[task]
+                    handled += task.result()
                 if not ready:
-                    if ready is None and not committed:
-                        break  # nothing pending; after a commit, look again (its chats may have more)
+                    if ready is None and not committed and not committing:
+                        break  # nothing pending
                     continue
+                committing[asyncio.create_task(self._finish(ready, skip))] = {
+                    (row.channel, row.chat_key) for row, _inbound in ready}
                 if not self.pipeline:
-                    handled += await self._finish(ready, skip)
-                    continue
-                inflight = {(row.channel, row.chat_key) for row, _inbound in ready}
-                committing = asyncio.create_task(self._finish(ready, skip))
+                    handled += await next(iter(committing))
+                    committing.clear()
         finally:
-            if committing is not None:
-                handled += await committing
+            for task in committing:
+                handled += await task
         return handled
+
+    def _commits_at_once(self) -> int:
+        """Batches committed at the same time: one on SQLite (one writer at a time anyway); on PostgreSQL,
+        where a batch spends most of its time waiting for the server's answers (several statements per row),
+        ``commits`` of them, on their own connections. The chats' locks (bot/uow.py's advisory locks, as
+        for several processes) keep each chat's rows in order."""
+        if self.engine.dialect.name != "postgresql":
+            return 1
+        return max(1, self.commits)
 
     async def _prepare(
         self, exclude: set[tuple[str, str]], size: int, limit: asyncio.Semaphore, skip: set[tuple[str, str]]
@@ -352,6 +380,7 @@ class InboxWorker:
             self._retry_at.pop((row.channel, row.chat_key), None)
             if outcome in ("done", "queued"):
                 handled += 1
+                self._handled_since_analyze += 1
             if outcome == "queued":
                 queued.add(row.channel)
             if outcome == "busy":
@@ -381,21 +410,17 @@ class InboxWorker:
         )
 
     def _pending_heads(
-        self, session: Session, chat_keys: list[str] | None = None
+        self, session: Session, chat_keys: list[str]
     ) -> dict[tuple[str, str], tuple[tuple[int, int], int]]:
-        """(channel, chat) → (order key, id) of its head row, for every chat with pending rows (or those of
-        ``chat_keys``), in the order of each chat's oldest pending row. One query, no payloads.
+        """(channel, chat) → (order key, id) of its head row, for the chats of ``chat_keys`` with pending rows,
+        in the order of each chat's oldest pending row. One query, no payloads.
 
-        With ``chat_keys`` the rows are found through ix_inbox_chat_pending (channel, chat_key, status) and put
-        in order here: with ORDER BY id in the statement SQLite chose ix_inbox_pending (status, id) instead, to
-        skip the sort, and read every pending row for each batch; under a backlog (the webhook accepting
+        The rows are found through ix_inbox_chat (chat_key, channel, status, id) and put in
+        order here: with ORDER BY id in the statement SQLite chose the index of pending rows in order instead,
+        to skip the sort, and read every pending row for each batch; under a backlog (the webhook accepting
         faster than the worker processes) that took more of the process than the flow steps themselves."""
         query = select(InboxUpdate.id, InboxUpdate.channel, InboxUpdate.chat_key, InboxUpdate.update_id).where(
-            InboxUpdate.status == "pending", col(InboxUpdate.channel).in_(list(self.channels)))
-        if chat_keys is not None:
-            query = query.where(col(InboxUpdate.chat_key).in_(chat_keys))
-        else:
-            query = query.order_by(col(InboxUpdate.id))
+            _IS_PENDING, col(InboxUpdate.channel).in_(list(self.channels)), col(InboxUpdate.chat_key).in_(chat_keys))
         heads: dict[tuple[str, str], tuple[tuple[int, int], int]] = {}
         for row_id, channel, key, update_id in sorted(session.exec(query).all()):
             order = self._order_key(channel, update_id, row_id or 0)
@@ -408,16 +433,20 @@ class InboxWorker:
         """The next row (in order) of up to ``size`` chats with pending rows, oldest chats first."""
         if not self.channels:
             return []
+        self._maybe_analyze()
         with Session(self.engine) as session:
-            # the chats of the oldest pending rows (a bounded read through the (status, id) index) ...
+            # the chats of the oldest pending rows: a bounded read of the partial index of pending rows ...
+            window = size * 4 + len(skip)
+            query = select(InboxUpdate.channel, InboxUpdate.chat_key).where(_IS_PENDING).order_by(
+                col(InboxUpdate.id)).limit(window)
+            rows = session.exec(query).all()
+            if len(rows) == window and any(channel not in self.channels for channel, _key in rows):
+                # ... filtered by channel in SQL only when another process's channels fill the window: with
+                # that filter, and statistics that lag a burst, PostgreSQL read and sorted every pending row
+                rows = session.exec(query.where(col(InboxUpdate.channel).in_(list(self.channels)))).all()
             chats: dict[tuple[str, str], None] = {}
-            for channel, key in session.exec(
-                select(InboxUpdate.channel, InboxUpdate.chat_key)
-                .where(InboxUpdate.status == "pending", col(InboxUpdate.channel).in_(list(self.channels)))
-                .order_by(col(InboxUpdate.id))
-                .limit(size * 4 + len(skip))
-            ).all():
-                if (channel, key) not in skip:
+            for channel, key in rows:
+                if channel in self.channels and (channel, key) not in skip:
                     chats.setdefault((channel, key), None)
                 if len(chats) >= size:
                     break
@@ -440,6 +469,24 @@ class InboxWorker:
             for row_id in ids
             if (row := rows.get(row_id)) is not None and row.status == "pending"
         ]
+
+    def _maybe_analyze(self) -> None:
+        """PostgreSQL: refresh the inbox table's statistics after every ``analyze_rows`` handled rows (at most
+        every ``analyze_seconds``). The head queries' plans depend on the share of pending rows, which a
+        wave changes within seconds (from an empty table to a backlog), faster than autovacuum notices (a
+        minute between its rounds, and it may be off); with statistics of an empty table PostgreSQL read
+        every pending row for each batch's heads."""
+        if self.analyze_rows <= 0 or self._handled_since_analyze < self.analyze_rows:
+            return
+        if self.engine.dialect.name != "postgresql":
+            return
+        now = time.monotonic()
+        if now - self._analyzed_at < self.analyze_seconds:
+            return
+        self._analyzed_at, self._handled_since_analyze = now, 0
+        with self.engine.connect() as conn:
+            conn.execute(text("ANALYZE inboxupdate"))
+            conn.commit()
 
     def _order_key(self, channel: str, update_id: str, row_id: int) -> tuple[int, int]:
         if self.channels[channel].ordered_ids and update_id.lstrip("-").isdigit():

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 
@@ -285,13 +285,20 @@ class LoginToken(SQLModel, table=True):
 # --- messaging ------------------------------------------------------------------------------------
 
 
+_PENDING = text("status = 'pending'")
+
+
 class InboxUpdate(SQLModel, table=True):
     """A raw inbound update, unique per channel + update id: a redelivery is stored and processed once."""
 
     __table_args__ = (
         UniqueConstraint("channel", "update_id"),
-        Index("ix_inbox_pending", "status", "id"),
-        Index("ix_inbox_chat_pending", "channel", "chat_key", "status"),
+        # the pending rows in order: a partial index (done rows are most of the table and stay, for the
+        # redelivery check), as small as the backlog; queries name the literal 'pending' (bot/inbox.py)
+        Index("ix_inbox_pending", "id", sqlite_where=_PENDING, postgresql_where=_PENDING),
+        # a chat's pending rows (its head) and whole history (simulator); no index starts with channel, so
+        # that neither planner reads a channel's every pending row to sort them when the oldest are wanted
+        Index("ix_inbox_chat", "chat_key", "channel", "status", "id"),
     )
     id: int | None = Field(default=None, primary_key=True)
     channel: str
