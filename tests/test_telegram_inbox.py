@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from datetime import datetime
 from typing import Any
@@ -168,6 +169,45 @@ def test_another_channels_backlog_does_not_hide_this_channels_rows(engine: Engin
     assert asyncio.run(worker(engine, process, batch_size=4, min_batch=4).run_once()) == 2
     assert sorted(process.seen) == [("7", "một"), ("8", "hai")]
     assert sum(r.status == "pending" for r in rows(engine)) == 300
+
+
+class Overlap(Recorder):
+    """Records how many batches' rows were being processed at the same moment (threads)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lock = threading.Lock()
+        self.active = 0
+        self.most = 0
+
+    def __call__(self, session: Session, **kwargs: Any) -> list[Say]:
+        with self.lock:
+            self.active += 1
+            self.most = max(self.most, self.active)
+        try:
+            time.sleep(0.002)  # a row's work: long enough for another batch's row to start meanwhile
+            return super().__call__(session, **kwargs)
+        finally:
+            with self.lock:
+                self.active -= 1
+
+
+def test_batches_commit_at_once_on_postgresql_and_each_chat_stays_in_order(engine: Engine) -> None:
+    update = 0
+    for turn in range(3):
+        for chat in range(60):
+            update += 1
+            put(engine, update, 1000 + chat, f"{chat}:{turn}")
+    process = Overlap()
+    assert asyncio.run(worker(engine, process, batch_size=8, min_batch=8).run_once()) == 180
+    by_chat: dict[str, list[str]] = {}
+    for chat, said in process.seen:
+        by_chat.setdefault(chat, []).append(said)
+    assert by_chat == {str(1000 + c): [f"{c}:{t}" for t in range(3)] for c in range(60)}
+    if engine.dialect.name == "postgresql":
+        assert process.most > 1  # several batches at once, on their own connections
+    else:
+        assert process.most == 1  # SQLite: one writer
 
 
 def test_postgresql_inbox_statistics_follow_a_wave(engine: Engine) -> None:
