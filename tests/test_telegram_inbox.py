@@ -95,8 +95,8 @@ def test_store_update_is_unique_per_channel_and_update_id(engine: Engine) -> Non
 
 def test_out_of_order_and_duplicate_deliveries_are_processed_once_in_update_order(engine: Engine) -> None:
     process = Recorder()
-    for update_id, chat, text in [(12, 1, "c"), (10, 1, "a"), (13, 2, "x"), (11, 1, "b"), (10, 1, "a")]:
-        put(engine, update_id, chat, text)
+    for update_id, chat, said in [(12, 1, "c"), (10, 1, "a"), (13, 2, "x"), (11, 1, "b"), (10, 1, "a")]:
+        put(engine, update_id, chat, said)
 
     assert asyncio.run(worker(engine, process).run_once()) == 4
     assert [text for chat, text in process.seen if chat == "1"] == ["a", "b", "c"]
