@@ -3,7 +3,7 @@
     python bench/tgfake.py --port 8081 [--rate-limit 30] [--per-chat 1.0]
 
 Same Bot API handlers; it records only (method, chat_id, monotonic time, status) of each call (not the
-params, to stay small over long runs) and answers ``GET /_bench/stats`` with them, ``POST /_bench/reset``
+params, to stay small over long runs) and answers ``GET /_bench/stats`` with them (``GET /_bench/count``: how many), ``POST /_bench/reset``
 to forget. ``--rate-limit R``: like Telegram, sendMessage beyond R per second (sliding 1 s window) answers
 429 with retry_after; ``--per-chat S``: a second message to one chat within S seconds answers 429 too.
 Monotonic times are comparable across processes on Linux (CLOCK_MONOTONIC).
@@ -87,7 +87,7 @@ class BenchFake(FakeTelegram):
 def lean(port: int) -> None:
     """``--lean``: a raw asyncio HTTP/1.1 server that answers getMe and sendMessage (always OK) and nothing
     else; no framework, so that it is not the bottleneck of a throughput run (the Starlette fake above tops
-    out at a few hundred calls/s on a loaded 2-core machine). Same /_bench/stats and /_bench/reset."""
+    out at a few hundred calls/s on a loaded 2-core machine). Same /_bench/stats, /_bench/count and /_bench/reset."""
     import asyncio
     import itertools
     import json
@@ -130,6 +130,8 @@ def lean(port: int) -> None:
                         "chat": {"id": int(chat), "type": "private", "first_name": "Lan"}, "text": "…"}}).encode()))
                 elif path.endswith(b"/getMe"):
                     writer.write(reply(me))
+                elif path.startswith(b"/_bench/count"):
+                    writer.write(reply(json.dumps({"calls": len(rows)}).encode()))
                 elif path.startswith(b"/_bench/stats"):
                     writer.write(reply(json.dumps({"calls": rows, "limited": 0}).encode()))
                 elif path.startswith(b"/_bench/reset"):
@@ -169,6 +171,9 @@ def main() -> int:
     async def stats(_request: Request) -> Response:
         return JSONResponse(fake.stats())
 
+    async def count(_request: Request) -> Response:
+        return JSONResponse({"calls": len(fake.calls.rows)})  # type: ignore[attr-defined]
+
     async def reset(_request: Request) -> Response:
         fake.calls.rows = []  # type: ignore[attr-defined]
         fake.limited = 0
@@ -177,6 +182,7 @@ def main() -> int:
 
     app = Starlette(routes=[
         Route("/_bench/stats", stats, methods=["GET"]),
+        Route("/_bench/count", count, methods=["GET"]),
         Route("/_bench/reset", reset, methods=["POST"]),
         Route("/bot{token}/{method}", fake._api, methods=["GET", "POST"]),
         Route("/file/bot{token}/{path:path}", fake._file, methods=["GET"]),

@@ -354,6 +354,75 @@ def test_a_retried_row_keeps_its_place_before_the_chats_later_rows(engine, tmp_p
     assert fake.sent_texts() == ["first", "second"]
 
 
+def test_deferring_chats_keeps_each_chats_latest_time_and_moves_only_queued_rows_forward(engine) -> None:
+    """The deferral is one statement over arrays on PostgreSQL and one per chat on SQLite: same result, with a
+    chat named twice, a chat whose row is already later, and rows that are not queued."""
+    base = datetime(2026, 1, 1, tzinfo=UTC)
+    later, latest = base + timedelta(seconds=1), base + timedelta(seconds=5)
+    queue(engine, [("1", "a1"), ("1", "a2"), ("2", "b1"), ("3", "c1"), ("4", "d1")], not_before=base)
+    queue(engine, [("3", "c2")], not_before=base + timedelta(hours=1))
+    with Session(engine) as session:
+        for row in session.exec(select(OutboxMessage).where(OutboxMessage.idempotency_key == "k:b1")):
+            row.status = "sent"
+            session.add(row)
+        session.commit()
+    sender = OutboxSender(engine=engine, channel="telegram", transport=None)  # type: ignore[arg-type]
+    with engine.begin() as conn:
+        sender._defer_chats(conn, [("1", latest), ("1", later), ("2", latest), ("3", later)])
+
+    with Session(engine) as session:
+        got = {r.idempotency_key: r.not_before.replace(tzinfo=UTC) for r in session.exec(select(OutboxMessage))}
+    assert got == {"k:a1": latest, "k:a2": latest,  # the later of the two times given for chat 1
+                   "k:b1": base,  # sent: left alone
+                   "k:c1": later, "k:c2": base + timedelta(hours=1),  # never moved earlier
+                   "k:d1": base}  # not named
+
+
+def test_marking_sent_touches_only_rows_in_flight(engine) -> None:
+    queue(engine, [("1", "in flight"), ("2", "settled")])
+    with Session(engine) as session:
+        rows = {r.idempotency_key: r for r in session.exec(select(OutboxMessage))}
+        rows["k:in flight"].status, rows["k:settled"].status = "sending", "unconfirmed"
+        session.add_all(rows.values())
+        session.commit()
+        ids = {key: row.id for key, row in rows.items()}
+    at = datetime(2026, 1, 1, 8, tzinfo=UTC)
+    sender = OutboxSender(engine=engine, channel="telegram", transport=None,  # type: ignore[arg-type]
+                          per_chat_interval=0.0)
+    sender._mark_sent([(ids["k:in flight"], "1", at, "77"), (ids["k:settled"], "2", at, None)])
+
+    with Session(engine) as session:
+        got = {r.idempotency_key: (r.status, r.platform_message_id, r.sent_at and r.sent_at.replace(tzinfo=UTC))
+               for r in session.exec(select(OutboxMessage))}
+    assert got == {"k:in flight": ("sent", "77", at), "k:settled": ("unconfirmed", None, None)}
+
+
+def test_the_sender_analyzes_an_outbox_whose_statistics_are_missing(engine) -> None:
+    """PostgreSQL: without statistics (a fresh table, a fan-out, autovacuum off or behind) the claim's per-chat
+    heads were read by scanning the channel's every row; the sender runs ANALYZE itself."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL statistics")
+    from sqlalchemy import insert, text
+
+    now = datetime.now(UTC)
+    with engine.begin() as conn:
+        conn.execute(insert(OutboxMessage.__table__), [  # type: ignore[attr-defined]
+            {"idempotency_key": f"bulk:{i}", "channel": "telegram", "chat_id": str(i), "payload": {"text": "x"},
+             "priority": PRIORITY_BULK, "status": "queued", "attempts": 0, "not_before": now, "created_at": now}
+            for i in range(1500)])
+
+    def analyzed() -> bool:
+        with engine.connect() as conn:
+            return conn.execute(text("SELECT last_analyze IS NOT NULL FROM pg_stat_user_tables"
+                                     " WHERE relid = CAST('outboxmessage' AS regclass)")).scalar() is True
+
+    assert not analyzed()
+    sender = OutboxSender(engine=engine, channel="telegram", transport=None)  # type: ignore[arg-type]
+    claimed, _wait = sender._claim(4)
+    assert len(claimed) == 4
+    assert analyzed()
+
+
 def test_per_chat_interval_and_global_rate_use_the_injected_clock(engine) -> None:
     now = [0.0]
     slept: list[float] = []
