@@ -14,8 +14,8 @@ from openpyxl import load_workbook
 from sqlmodel import Session
 
 from flows.criteria import load_sets, score
-from models.tables import Assessment, Household, Officer, Person, Registration
-from tests.review_seed import GIA_LOC, T0, YEAR, answers, login, make_app, seed
+from models.tables import Assessment, Commune, Household, Officer, Person, Registration, Village
+from tests.review_seed import GIA_LOC, KIM_BANG, T0, YEAR, answers, login, make_app, seed
 from webhook import admin, auth
 from webhook.exports import export_workbook
 
@@ -94,6 +94,72 @@ def test_batched_computed_shares_equal_the_single_ones(engine, commune) -> None:
         assert after[("village", commune.villages[0], YEAR)]["village_households_recognised"] == 25.0
         village = s.get(Assessment, commune.assessments["village"])
         assert admin.computed_values(s, village) == after[("village", commune.villages[0], YEAR)]
+
+
+def test_dashboard_village_counts_equal_the_counted_in_sql(engine, commune, monkeypatch) -> None:
+    """dashboard() gives computed_many the households and recognised households of its villages, counted in its
+    own pass: for every village they give the shares counted in SQL, and the dashboard equals one on the SQL path."""
+    real = admin.computed_many
+    passed: list = []
+
+    def spy(session, keys, *, known_villages=None):
+        passed.append(known_villages)
+        return real(session, keys, known_villages=known_villages)
+
+    def sql_only(session, keys, *, known_villages=None):
+        return real(session, keys)
+
+    with Session(engine, expire_on_commit=False) as s:
+        other = seed(s, code=KIM_BANG, tag="b")
+        empty = Village(commune_code=GIA_LOC, name="Thôn Mới", invite_code="moia")  # no households: no share
+        s.add(empty)
+        s.flush()
+        v1, v2 = commune.villages
+        for village in (v2, empty.id):  # the villages' own files score on the shares
+            s.add(Assessment(commune_code=GIA_LOC, village_id=village, subject_type="village", subject_id=village,
+                             title="cong_dong", year=YEAR, answers=answers("cong_dong"), status="submitted",
+                             submitted_at=T0))
+        s.commit()
+        ours = {commune.villages[0], v2, empty.id}
+        every = {("village", v, YEAR) for v in (*ours, *other.villages)}
+        officer = s.get(Officer, commune.officer_id)
+
+        def check() -> dict:
+            passed.clear()
+            monkeypatch.setattr(admin, "computed_many", spy)
+            board = admin.dashboard(s, s.get(Commune, GIA_LOC), YEAR).to_json()
+            known = passed[-1]
+            assert {v for v, _y in known} == ours and {y for _v, y in known} == {YEAR}
+            monkeypatch.setattr(admin, "computed_many", sql_only)
+            assert admin.dashboard(s, s.get(Commune, GIA_LOC), YEAR).to_json() == board
+            monkeypatch.setattr(admin, "computed_many", real)
+            shares = real(s, every)
+            assert real(s, every, known_villages=known) == shares
+            assert real(s, every, known_villages={(v, YEAR + 1): n for (v, _y), n in known.items()}) == shares
+            assert shares[("village", empty.id, YEAR)] == {}
+            return shares
+
+        assert check()[("village", v1, YEAR)]["village_households_recognised"] == 0.0
+        assert check()[("village", v2, YEAR)]["village_households_recognised"] == 50.0  # proposals stored now
+        for key in ("submitted", "confirmed1"):
+            admin.record_decision(s, s.get(Assessment, commune.assessments[key]), officer=officer,
+                                  decision="recognise")
+        admin.record_decision(s, s.get(Assessment, other.assessments["submitted"]), officer=officer,
+                              decision="recognise")
+        # a recognised household without a village, and one more recognised in the second village
+        for village, name in ((None, "Hộ không thôn"), (v2, "Hộ thôn Đoài")):
+            h = Household(commune_code=GIA_LOC, village_id=village, head_name=name)
+            s.add(h)
+            s.flush()
+            s.add(Assessment(commune_code=GIA_LOC, village_id=village, subject_type="household",
+                             subject_id=h.id or 0, title="gia_dinh", year=YEAR, answers=answers("gia_dinh"),
+                             status="recognised", submitted_at=T0))
+        s.commit()
+        after = check()
+        assert after[("village", v1, YEAR)]["village_households_recognised"] == 50.0
+        assert after[("village", v2, YEAR)]["village_households_recognised"] == 66.7
+        assert after[("village", other.villages[0], YEAR)]["village_households_recognised"] == 25.0
+        check()  # with the new proposals stored
 
 
 def _many(engine, commune, n: int) -> None:

@@ -22,7 +22,7 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Text, and_, bindparam, case, cast, false, func, or_, update
+from sqlalchemy import Text, and_, bindparam, case, cast, false, func, or_, true, update
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col, select
 
@@ -289,8 +289,11 @@ def _recognised_household(household_id: Any, year: int) -> Any:
             & (col(Assessment.status) == "recognised"))
 
 
-def _subject_shares(session: Session, kind: str, ids: list[int], year: int) -> dict[int, dict[str, Any]]:
-    """Computed values of many clans or villages for one year, a few grouped queries in all."""
+def _subject_shares(session: Session, kind: str, ids: list[int], year: int,
+                    known: dict[int, tuple[int, int]] | None = None) -> dict[int, dict[str, Any]]:
+    """Computed values of many clans or villages for one year, a few grouped queries in all. known: village id ->
+    (households, households with a recognised gia_dinh of the year), counted by the caller (dashboard) for the
+    year: those villages are not counted again in SQL."""
     out: dict[int, dict[str, Any]] = {i: {} for i in ids}
     if not ids:
         return out
@@ -304,17 +307,32 @@ def _subject_shares(session: Session, kind: str, ids: list[int], year: int) -> d
             if share is not None:
                 out[clan_id]["member_households_recognised"] = share
         return out
-    q = (select(Household.village_id, func.count(Household.id), func.count(Assessment.id))
-         .outerjoin(Assessment, _recognised_household(col(Household.id), year))
-         .where(col(Household.village_id).in_(ids)).group_by(Household.village_id))
-    for village_id, households, recognised in session.connection().execute(q).all():
+    known = known or {}
+    counts = [(i, *known[i]) for i in ids if i in known]
+    unknown = [i for i in ids if i not in known]
+    if unknown:
+        counts += session.connection().execute(
+            select(Household.village_id, func.count(Household.id), func.count(Assessment.id))
+            .outerjoin(Assessment, _recognised_household(col(Household.id), year))
+            .where(col(Household.village_id).in_(unknown)).group_by(Household.village_id)).all()
+    for village_id, households, recognised in counts:
         share = _share(int(recognised), int(households))
         if share is not None:
             out[village_id]["village_households_recognised"] = share
     clans: dict[int, set[int]] = defaultdict(set)
-    for village_id, clan_id in session.connection().execute(
-            select(Household.village_id, ClanMember.clan_id).join(Household, col(Household.id) == ClanMember.household_id)
-            .where(col(Household.village_id).in_(ids)).distinct()).all():
+    if session.get_bind().dialect.name == "postgresql":
+        # the villages' households, each probing ix_clanmember_household_id (OFFSET 0 keeps the subquery a nested
+        # loop: joined, PostgreSQL hashes the households against a scan of every clan member of the province,
+        # twice the time); SQLite plans the plain join that way by itself
+        member_of = (select(ClanMember.clan_id).where(col(ClanMember.household_id) == Household.id)
+                     .offset(0).lateral())
+        pairs = (select(Household.village_id, member_of.c.clan_id).select_from(Household).join(member_of, true())
+                 .where(col(Household.village_id).in_(ids)).distinct())
+    else:
+        pairs = (select(Household.village_id, ClanMember.clan_id)
+                 .join(Household, col(Household.id) == ClanMember.household_id)
+                 .where(col(Household.village_id).in_(ids)).distinct())
+    for village_id, clan_id in session.connection().execute(pairs).all():
         clans[village_id].add(clan_id)
     every_clan = sorted(set().union(*clans.values())) if clans else []
     recognised_clans = set(session.exec(select(Assessment.subject_id).where(
@@ -327,15 +345,20 @@ def _subject_shares(session: Session, kind: str, ids: list[int], year: int) -> d
     return out
 
 
-def computed_many(session: Session, keys: set[tuple[str, int, int]]) -> dict[tuple[str, int, int], dict[str, Any]]:
-    """computed_values for many (subject type, subject id, year) at once; other subject types get {}."""
+def computed_many(session: Session, keys: set[tuple[str, int, int]], *,
+                  known_villages: dict[tuple[int, int], tuple[int, int]] | None = None
+                  ) -> dict[tuple[str, int, int], dict[str, Any]]:
+    """computed_values for many (subject type, subject id, year) at once; other subject types get {}.
+    known_villages: (village id, year) -> (households of the village, of them with a recognised gia_dinh that
+    year), where the caller has counted them already (they must equal what _subject_shares would count)."""
     out: dict[tuple[str, int, int], dict[str, Any]] = {k: {} for k in keys}
     groups: dict[tuple[str, int], list[int]] = defaultdict(list)
     for kind, ident, year in keys:
         if kind in ("clan", "village"):
             groups[(kind, year)].append(ident)
     for (kind, year), ids in groups.items():
-        for ident, values in _subject_shares(session, kind, sorted(set(ids)), year).items():
+        known = {v: n for (v, y), n in (known_villages or {}).items() if y == year} if kind == "village" else None
+        for ident, values in _subject_shares(session, kind, sorted(set(ids)), year, known).items():
             out[(kind, ident, year)] = values
     return out
 
@@ -640,8 +663,20 @@ def dashboard(session: Session, commune: Commune, year: int) -> Dashboard:
                Assessment.proposal)
         .outerjoin(Household, hh_village)
         .where(*of_year, ~counted, (col(Assessment.status) != "draft") | own_file)).all()
+    # households of the commune's villages and of them with a recognised gia_dinh this year (one at most per
+    # household: unique constraint), from the pass above, so computed_many need not count them again; the statuses
+    # do not depend on computed values
+    recognised_hh: Counter[int] = Counter()
+    for (title, kind, status, village_id, _passed), n in groups.items():
+        if title == "gia_dinh" and kind == "household" and status == "recognised" and village_id is not None:
+            recognised_hh[village_id] += n
+    for _id, title, kind, _ident, status, _text, village_id, _stored in rows:
+        if title == "gia_dinh" and kind == "household" and status == "recognised" and village_id is not None:
+            recognised_hh[village_id] += 1
+    known_villages = {(v.id, year): (per_village_hh.get(v.id, (0, 0))[0], recognised_hh[v.id])
+                      for v in villages if v.id is not None}
     computed = computed_many(session, {(kind, ident, year) for _id, t_, kind, ident, status, *_rest in rows
-                                       if status != "draft" and t_ in needs_computed})
+                                       if status != "draft" and t_ in needs_computed}, known_villages=known_villages)
     by_title: dict[str, Counter[str]] = defaultdict(Counter)
     by_village: dict[int, Counter[str]] = defaultdict(Counter)
     own_status: dict[int, str] = {}
