@@ -699,7 +699,10 @@ class OutboxSender:
                 # queued once its claim commits, so this UPDATE passes it over and it is not sent twice
                 claimed = {row_id for row_id, in conn.execute(
                     update(table)
-                    .where(table.c.id.in_([c.id for c in chosen]), table.c.status == "queued")
+                    # not_before again: another process may have put a row back to wait (a 429, a retry) since
+                    # the page was read
+                    .where(table.c.id.in_([c.id for c in chosen]), table.c.status == "queued",
+                           table.c.not_before <= now)
                     .values(status="sending", attempts=table.c.attempts + 1, not_before=now + self.lease)
                     .returning(table.c.id)
                 )}
@@ -784,7 +787,7 @@ class OutboxSender:
                 # claim would put a delivered row back in the queue.
                 conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
                 conn.execute(_PG_MARK, {"ids": [m[0] for m in marks], "ats": [m[2] for m in marks],
-                                        "mids": [m[3] for m in marks]})
+                                        "mids": [None if m[3] is None else str(m[3]) for m in marks]})
             else:
                 conn.execute(
                     update(table)

@@ -13,9 +13,10 @@ import secrets
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, insert, update
+from sqlalchemy import JSON, and_, bindparam, cast, func, insert, update
 from sqlalchemy import select as core_select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm.attributes import flag_modified
 from sqlmodel import Session, col, select
 from vietnam_provinces import Province as VnProvince
@@ -244,12 +245,26 @@ _REACHABLE = Prepared(lambda _d: update(_table(Person))
 _AUDIT = Prepared(lambda _d: insert(_table(AuditLog)).values(
     at=bindparam("at"), actor=bindparam("actor"), action=bindparam("action"), target=bindparam("target"),
     detail=bindparam("detail")))
-_SAVE_ANSWERS = Prepared(lambda _d: update(_table(Assessment)).where(_table(Assessment).c.id == bindparam("b_id"))
-                         .values(answers=bindparam("answers"), answered_by=bindparam("answered_by"),
+
+
+def _answers_value(dialect: Any) -> Any:
+    """The saved answers. On PostgreSQL the one new answer (``delta``) is merged into the row as it is at the
+    UPDATE, not as it was read: batches commit concurrently there (and several processes may run), and a
+    second chat answering the same assessment (a family member, the village leader on the family's behalf)
+    must not overwrite the first one's answer with what it read before. On SQLite writers take turns, so the
+    answers read in the step are current and are written whole."""
+    if dialect.name != "postgresql":
+        return bindparam("answers", type_=JSON)
+    column = _table(Assessment).c.answers
+    return cast(cast(column, JSONB).op("||")(cast(bindparam("delta", type_=JSON), JSONB)), JSON)
+
+
+_SAVE_ANSWERS = Prepared(lambda d: update(_table(Assessment)).where(_table(Assessment).c.id == bindparam("b_id"))
+                         .values(answers=_answers_value(d), answered_by=bindparam("answered_by"),
                                  updated_at=bindparam("now"), proposal=None))
-_SAVE_ANSWERS_PROXY = Prepared(lambda _d: update(_table(Assessment))
+_SAVE_ANSWERS_PROXY = Prepared(lambda d: update(_table(Assessment))
                                .where(_table(Assessment).c.id == bindparam("b_id"))
-                               .values(answers=bindparam("answers"), answered_by=bindparam("answered_by"),
+                               .values(answers=_answers_value(d), answered_by=bindparam("answered_by"),
                                        updated_at=bindparam("now"), proposal=None, proxy=True,
                                        proxy_by=bindparam("proxy_by")))
 _OUTBOX_COLUMNS = ("idempotency_key", "channel", "chat_id", "person_id", "payload", "priority", "status", "campaign",
@@ -502,7 +517,8 @@ class _Applier:
             log.warning("answer to a locked assessment %s ignored", row.id)
             return
         row.answers = {**row.answers, e.criterion: e.value}
-        params = {"b_id": row.id, "answers": row.answers, "answered_by": self.person_id, "now": self.now}
+        params = {"b_id": row.id, "answers": row.answers, "delta": {e.criterion: e.value},
+                  "answered_by": self.person_id, "now": self.now}
         if e.proxy_by is not None:
             _SAVE_ANSWERS_PROXY.rows(self.session, {**params, "proxy_by": e.proxy_by})
         else:

@@ -122,3 +122,54 @@ def test_a_locked_assessment_ignores_answers_on_the_fast_path(session: Session) 
     chat.text("khong")
     session.expire_all()
     assert session.exec(orm_select(Assessment)).one().answers == answers
+
+
+def test_two_answers_to_one_assessment_saved_at_once_are_both_kept(engine: Engine) -> None:
+    """PostgreSQL commits several batches at once: two chats answering the same assessment (a family member and
+    the village leader on the family's behalf) both read the answers, then both save one more; the second save
+    waits for the first one's row lock and must keep its answer (a merge at the UPDATE, not the whole dict read
+    before). SQLite's writers take turns, so there the answers read are current."""
+    import threading
+
+    from bot.uow import _SAVE_ANSWERS
+
+    if engine.dialect.name != "postgresql":
+        import pytest
+
+        pytest.skip("concurrent writers: PostgreSQL")
+    from bot.uow import ensure_commune
+    from tests.review_seed import GIA_LOC
+
+    with Session(engine) as session:
+        ensure_commune(session, GIA_LOC)
+        row = Assessment(commune_code=GIA_LOC, subject_type="household", subject_id=1, title="gia_dinh", year=2026,
+                         answers={"q0": 1})
+        session.add(row)
+        session.commit()
+        ident = row.id
+    first, second = Session(engine), Session(engine)
+    try:
+        _SAVE_ANSWERS.rows(first, {"b_id": ident, "answers": {"q0": 1, "q1": True}, "delta": {"q1": True},
+                                   "answered_by": None, "now": AT})
+        failures: list[BaseException] = []
+
+        def save_second() -> None:
+            try:
+                _SAVE_ANSWERS.rows(second, {"b_id": ident, "answers": {"q0": 1, "q2": False}, "delta": {"q2": False},
+                                            "answered_by": None, "now": AT})
+                second.commit()
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                failures.append(exc)
+
+        waiting = threading.Thread(target=save_second)
+        waiting.start()
+        waiting.join(0.5)
+        assert waiting.is_alive(), "the second save should wait for the first one's row lock"
+        first.commit()
+        waiting.join(10)
+        assert not waiting.is_alive() and failures == []
+    finally:
+        first.close()
+        second.close()
+    with Session(engine) as session:
+        assert session.get(Assessment, ident).answers == {"q0": 1, "q1": True, "q2": False}

@@ -350,7 +350,9 @@ def computed_many(session: Session, keys: set[tuple[str, int, int]], *,
                   ) -> dict[tuple[str, int, int], dict[str, Any]]:
     """computed_values for many (subject type, subject id, year) at once; other subject types get {}.
     known_villages: (village id, year) -> (households of the village, of them with a recognised gia_dinh that
-    year), where the caller has counted them already (they must equal what _subject_shares would count)."""
+    year), where the caller has counted them already. The dashboard counts the commune's own households and
+    assessments; _subject_shares counts every household of the village: the same as long as a household, its
+    village and its assessment carry one commune code, as everything that writes them does."""
     out: dict[tuple[str, int, int], dict[str, Any]] = {k: {} for k in keys}
     groups: dict[tuple[str, int], list[int]] = defaultdict(list)
     for kind, ident, year in keys:
