@@ -26,3 +26,15 @@ def test_nothing_lost_or_processed_twice_across_sigkills(db_url: str, tmp_path: 
     # nothing reached Telegram twice or out of order; a row whose call a kill interrupted is not sent again
     assert figures["duplicates_sent"] == figures["chats_out_of_order"] == 0
     assert figures["outbox_unconfirmed"] == report["settled_unconfirmed"] <= 5 * 8  # in flight at each kill
+
+
+def test_the_order_check_allows_an_undelivered_copy_of_a_repeated_text_and_catches_a_swap() -> None:
+    from tests.reliability.crash_harness import _in_order
+
+    order = ["hello", "photo?", "got 1 photo", "photo?", "done"]  # the replies repeat the photo prompt
+    assert _in_order(order, order)
+    assert _in_order(["hello", "got 1 photo", "photo?", "done"], order)  # the first prompt's call was cut
+    assert _in_order(["hello", "photo?", "got 1 photo", "done"], order)  # ... or the second one's
+    assert not _in_order(["hello", "got 1 photo", "photo?", "photo?", "done"], order)
+    assert not _in_order(["photo?", "hello"], order)
+    assert not _in_order(["hello", "done", "photo?"], order)
