@@ -4,18 +4,22 @@ inbox writer's fixed-shape INSERTs, clearing "unreachable" from the row already 
 from __future__ import annotations
 
 import asyncio
+import threading
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from sqlalchemy import bindparam, insert, select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 from sqlmodel import select as orm_select
 
 from bot.inbox import Inbound, InboxWorker, store_update, store_updates
+from bot.uow import _SAVE_ANSWERS, ensure_commune
 from flows.types import Event
 from models.db import Prepared
 from models.tables import Assessment, AuditLog, ChatIdentity, InboxUpdate, OutboxMessage, Person
+from tests.review_seed import GIA_LOC
 from tests.test_uow import Chat, _seed, _signup
 
 AT = datetime(2026, 11, 10, 2, 0, tzinfo=UTC)
@@ -129,17 +133,8 @@ def test_two_answers_to_one_assessment_saved_at_once_are_both_kept(engine: Engin
     the village leader on the family's behalf) both read the answers, then both save one more; the second save
     waits for the first one's row lock and must keep its answer (a merge at the UPDATE, not the whole dict read
     before). SQLite's writers take turns, so there the answers read are current."""
-    import threading
-
-    from bot.uow import _SAVE_ANSWERS
-
     if engine.dialect.name != "postgresql":
-        import pytest
-
         pytest.skip("concurrent writers: PostgreSQL")
-    from bot.uow import ensure_commune
-    from tests.review_seed import GIA_LOC
-
     with Session(engine) as session:
         ensure_commune(session, GIA_LOC)
         row = Assessment(commune_code=GIA_LOC, subject_type="household", subject_id=1, title="gia_dinh", year=2026,
