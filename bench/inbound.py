@@ -286,7 +286,7 @@ def seed(url: str, n: int, settings: Any) -> dict[str, Any]:
 # --- processes ------------------------------------------------------------------------------------------------
 
 
-def serve_env(data_dir: Path, url: str, fake_url: str, public: str) -> dict[str, str]:
+def serve_env(data_dir: Path, url: str, fake_url: str, public: str, worker_process: bool = False) -> dict[str, str]:
     (data_dir / "campaigns").mkdir(parents=True, exist_ok=True)
     (data_dir / "campaigns" / "default.yaml").write_text(
         "campaigns:\n" + "".join(f"  {c}: {{enabled: false}}\n" for c in CAMPAIGNS), encoding="utf-8")
@@ -299,8 +299,16 @@ def serve_env(data_dir: Path, url: str, fake_url: str, public: str) -> dict[str,
         "TELEGRAM_WEBHOOK_SECRET": SECRET,
         "TELEGRAM_RATE_PER_SECOND": "100000",
         "DEMO": "false",
+        "WORKER_PROCESS": "true" if worker_process else "false",
         "PYTHONUNBUFFERED": "1",
     }
+
+
+def tree_rss(pid: int) -> int:
+    """RSS of a process and its children (the worker process of WORKER_PROCESS=true), summed: shared pages
+    count twice, so this overstates the pair."""
+    proc = psutil.Process(pid)
+    return proc.memory_info().rss + sum(c.memory_info().rss for c in proc.children(recursive=True))
 
 
 class RssSampler(threading.Thread):
@@ -537,7 +545,7 @@ def bench_database(label: str, url: str, args: argparse.Namespace, work: Path) -
 
     fake_port, app_port, bare_port = free_port(), free_port(), free_port()
     fake_url = f"http://127.0.0.1:{fake_port}"
-    env = serve_env(data_dir, url, fake_url, "https://bench.example")
+    env = serve_env(data_dir, url, fake_url, "https://bench.example", args.worker_process)
     k0 = 0
     with process([PY, "bench/tgfake.py", "--port", str(fake_port)], log=work / "fake.log",
                  ready_url=f"{fake_url}/_bench/stats"):
@@ -555,7 +563,7 @@ def bench_database(label: str, url: str, args: argparse.Namespace, work: Path) -
             with process(["hoctap", "serve", "--no-demo", "--host", "127.0.0.1", "--port", str(app_port)],
                          env=env, log=serve_log, ready_url=f"http://127.0.0.1:{app_port}/healthz") as serve:
                 time.sleep(2.0)  # setWebhook, scheduler start
-                rss_idle = psutil.Process(serve.pid).memory_info().rss
+                rss_idle = tree_rss(serve.pid)
                 if repeat == 0 or args.latency_each_repeat:
                     result.latency.append(latency_run(args, app_port, fake_url, db_url, seeded, fam_a, lat_n,
                                                       repeat))
@@ -618,7 +626,9 @@ def write_docs(results: list[Result], args: argparse.Namespace, command: str) ->
         f"settings, same wrk script and bodies, run just before the app in the same repeat",
         "- serve = `hoctap serve --no-demo` (uvicorn + uvloop + httptools, access log off as shipped; the baseline "
         "too), webhook "
-        "mode, fake Bot API (bench/tgfake.py) with no rate limit, TELEGRAM_RATE_PER_SECOND=100000, campaigns off",
+        "mode, fake Bot API (bench/tgfake.py) with no rate limit, TELEGRAM_RATE_PER_SECOND=100000, campaigns off"
+        + (", WORKER_PROCESS=true (web and worker in two processes; RSS is the sum of both)" if args.worker_process
+           else ", one process (WORKER_PROCESS=false)"),
         "",
         "### (a) throughput, 64 connections, and (c) memory",
         "",
@@ -668,6 +678,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate-cap", type=float, default=3000.0, help="updates/s assumed at most (sizes N)")
     parser.add_argument("--drain-limit", type=float, default=60.0, help="seconds to wait for a backlog")
     parser.add_argument("--profile", action="store_true", help="py-spy the serve process (bench/out/)")
+    parser.add_argument("--worker-process", action="store_true", help="serve with WORKER_PROCESS=true (the inbox "
+                        "worker, senders and scheduler in a child process)")
     parser.add_argument("--no-docs", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = parser.parse_args(argv)

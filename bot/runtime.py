@@ -42,6 +42,8 @@ class Runtime:
     telegram: Any = None  # bot.telegram.TelegramChannel when on
     extra: dict[str, _ExtraChannel] = field(default_factory=dict)
     background: dict[str, Callable[[], Awaitable[None]]] = field(default_factory=dict)
+    # the web process of a split serve (bot/worker.py): wake_inbox rings the worker process instead
+    external_wake: Callable[[], None] | None = None
 
     def add_channel(
         self,
@@ -117,6 +119,8 @@ class Runtime:
     def wake_inbox(self) -> None:
         if self.inbox is not None:
             self.inbox.wake()
+        elif self.external_wake is not None:
+            self.external_wake()
 
     def wake_outbox(self, channel: str | None = None) -> None:
         for name, sender in self.senders.items():

@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     photo_max_bytes: int = 10 * 1024 * 1024
     photo_max_pixels: int = 40_000_000
     demo: bool = True
+    # serve runs the inbox worker, senders and scheduler in a child process (bot/worker.py): two cores
+    worker_process: bool = False
 
     @field_validator("public_base_url", "telegram_api_base_url", "zalo_api_base_url")
     @classmethod

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -20,12 +20,19 @@ STATIC_DIR = Path(__file__).parent / "static"
 
 
 def create_app(
-    settings: Settings | None = None, *, engine: Engine | None = None, background: bool = True
+    settings: Settings | None = None,
+    *,
+    engine: Engine | None = None,
+    background: bool = True,
+    inbox_wake: Callable[[], None] | None = None,
 ) -> FastAPI:
-    """Build the app; `background=False` runs no workers (tests drive them explicitly)."""
+    """Build the app; `background=False` runs no workers (tests drive them explicitly). With `inbox_wake`
+    the workers run in another process (bot/worker.py) and stored updates call it to wake that process."""
     settings = settings or get_settings()
     engine = engine or make_engine(settings.db_url)
-    runtime = Runtime(settings=settings, engine=engine)
+    runtime = Runtime(settings=settings, engine=engine, external_wake=inbox_wake)
+    if inbox_wake is not None:
+        background = False
     zalo.register(runtime)  # Zalo Bot Platform, when ZALO_BOT_TOKEN is set
     zalo_oa.register(runtime)  # Zalo Official Account, when ZALO_OA_APP_ID and ZALO_OA_SECRET_KEY are set
 

@@ -77,6 +77,12 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return serve(settings, host=args.host, port=args.port, demo=not args.no_demo)
 
 
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from bot.worker import run_worker
+
+    return run_worker(settings, wake_fd=args.wake_fd, parent_pid=args.parent_pid)
+
+
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from webhook.demo import demo_command
 
@@ -122,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--no-demo", action="store_true", help="do not seed the demo commune")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("worker", help="inbox worker, senders and scheduler without the web app (serve starts it "
+                       "when WORKER_PROCESS=true)")
+    p.add_argument("--wake-fd", type=int, help="pipe to watch for wake-ups (given by serve)")
+    p.add_argument("--parent-pid", type=int, help="stop when this process is gone (given by serve)")
+    p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("db", help="database")
     dsub = p.add_subparsers(dest="db_command", required=True)

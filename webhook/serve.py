@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import signal
+from types import FrameType
 
 import uvicorn
 
@@ -13,6 +15,10 @@ from models.settings import Settings
 log = logging.getLogger("hoctap")
 
 KEEP_ALIVE_SECONDS = 65
+
+
+def _exit_on_sigterm(_signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(0)
 
 
 def serve(settings: Settings, *, host: str, port: int, demo: bool = True) -> int:
@@ -43,6 +49,21 @@ def serve(settings: Settings, *, host: str, port: int, demo: bool = True) -> int
     # keep-alive well beyond uvicorn's 5 s: Telegram and Zalo reuse their webhook connections, and a server that
     # closes an idle one just as the platform sends on it turns a delivery into a connection error (seen in the
     # load test, tests/reliability/load.py); 65 s is what common reverse proxies use
-    uvicorn.run(create_app(settings, engine=engine), host=host, port=port, log_level="info", access_log=False,
-                timeout_keep_alive=KEEP_ALIVE_SECONDS)
+    worker = None
+    if settings.worker_process:
+        from bot.worker import WorkerProcess
+
+        print("  worker: a process of its own (WORKER_PROCESS=true)")
+        worker = WorkerProcess(settings)
+        # uvicorn re-raises the SIGTERM it caught once it has shut down; with the default handler that would
+        # end this process before the `finally` below stops the worker gracefully
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        worker.start()
+    try:
+        app = create_app(settings, engine=engine, inbox_wake=worker.wake if worker is not None else None)
+        uvicorn.run(app, host=host, port=port, log_level="info", access_log=False,
+                    timeout_keep_alive=KEEP_ALIVE_SECONDS)
+    finally:
+        if worker is not None:
+            worker.stop()
     return 0
