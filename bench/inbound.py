@@ -519,6 +519,10 @@ def ms(value: float) -> str:
     return "not delivered" if value == float("inf") else f"{value:,.1f} ms"
 
 
+def slug(label: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
+
+
 def bench_database(label: str, url: str, args: argparse.Namespace, work: Path) -> Result:
     from models.settings import get_settings
 
@@ -529,7 +533,7 @@ def bench_database(label: str, url: str, args: argparse.Namespace, work: Path) -
     fam_a = max(2_000, min(args.families, per_run // 9 + 1))
     fam_b = lat_n  # one update per family in the latency run: its reply is unambiguous
     n = fam_a + fam_b
-    data_dir = work / label.split()[0].lower()
+    data_dir = work / slug(label)
     data_dir.mkdir(parents=True, exist_ok=True)
     db_url = url or f"sqlite:///{data_dir / 'hoctap.db'}"
     settings = get_settings(data_dir=data_dir, database_url=url, telegram_bot_token=TOKEN, demo=False)
@@ -538,14 +542,14 @@ def bench_database(label: str, url: str, args: argparse.Namespace, work: Path) -
     result.seed_s, result.families = seeded["seconds"], n
     print(f"  seeded in {seeded['seconds']:.1f}s; updates per family: {', '.join(seeded['plan'])}; "
           f"replies each: {seeded['replies']}", flush=True)
-    templates = work / f"templates-{label.split()[0]}.txt"
+    templates = work / f"templates-{slug(label)}.txt"
     templates.write_text("\n".join(seeded["templates"]) + "\n", encoding="utf-8")
     script = work / "post.lua"
     script.write_text(LUA.replace("__SECRET__", SECRET).replace("__CHAT0__", str(CHAT0)), encoding="utf-8")
 
     fake_port, app_port, bare_port = free_port(), free_port(), free_port()
     fake_url = f"http://127.0.0.1:{fake_port}"
-    env = serve_env(data_dir, url, fake_url, "https://bench.example", args.worker_process)
+    env = serve_env(data_dir, url, fake_url, "https://bench.example", "2 processes" in label)
     k0 = 0
     with process([PY, "bench/tgfake.py", "--port", str(fake_port)], log=work / "fake.log",
                  ready_url=f"{fake_url}/_bench/stats"):
@@ -559,7 +563,7 @@ def bench_database(label: str, url: str, args: argparse.Namespace, work: Path) -
                 base_load = load1()
             print(f"  [{repeat + 1}] baseline bare FastAPI: {base['rps']:,.0f} req/s (load {base_load:.1f})",
                   flush=True)
-            serve_log = work / f"serve-{label.split()[0]}-{repeat}.log"
+            serve_log = work / f"serve-{slug(label)}-{repeat}.log"
             with process(["hoctap", "serve", "--no-demo", "--host", "127.0.0.1", "--port", str(app_port)],
                          env=env, log=serve_log, ready_url=f"http://127.0.0.1:{app_port}/healthz") as serve:
                 time.sleep(2.0)  # setWebhook, scheduler start
@@ -575,8 +579,8 @@ def bench_database(label: str, url: str, args: argparse.Namespace, work: Path) -
                 if args.profile:
                     OUT.mkdir(exist_ok=True)
                     spy = subprocess.Popen(["py-spy", "record", "--pid", str(serve.pid), "--format", "raw",
-                                            "--rate", "50", "--duration", str(args.duration), "--nonblocking",
-                                            "-o", str(OUT / f"inbound-{label.split()[0]}-{repeat}.txt")],
+                                            "--rate", "50", "--duration", str(args.duration), "--nonblocking", "--subprocesses",
+                                            "-o", str(OUT / f"inbound-{slug(label)}-{repeat}.txt")],
                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 run = run_wrk(app_port, script, templates, families=fam_a, base=10**8, fam0=1, k0=k0,
                               duration=args.duration, connections=connections, threads=threads)
@@ -626,9 +630,10 @@ def write_docs(results: list[Result], args: argparse.Namespace, command: str) ->
         f"settings, same wrk script and bodies, run just before the app in the same repeat",
         "- serve = `hoctap serve --no-demo` (uvicorn + uvloop + httptools, access log off as shipped; the baseline "
         "too), webhook "
-        "mode, fake Bot API (bench/tgfake.py) with no rate limit, TELEGRAM_RATE_PER_SECOND=100000, campaigns off"
-        + (", WORKER_PROCESS=true (web and worker in two processes; RSS is the sum of both)" if args.worker_process
-           else ", one process (WORKER_PROCESS=false)"),
+        "mode, fake Bot API (bench/tgfake.py) with no rate limit, TELEGRAM_RATE_PER_SECOND=100000, campaigns off; "
+        "\"1 process\" = WORKER_PROCESS=false (the default), \"2 processes\" = WORKER_PROCESS=true (web app in "
+        "one, inbox worker + senders + scheduler in the other; RSS is the sum of both, shared library pages counted "
+        "twice)",
         "",
         "### (a) throughput, 64 connections, and (c) memory",
         "",
@@ -678,8 +683,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate-cap", type=float, default=3000.0, help="updates/s assumed at most (sizes N)")
     parser.add_argument("--drain-limit", type=float, default=60.0, help="seconds to wait for a backlog")
     parser.add_argument("--profile", action="store_true", help="py-spy the serve process (bench/out/)")
-    parser.add_argument("--worker-process", action="store_true", help="serve with WORKER_PROCESS=true (the inbox "
-                        "worker, senders and scheduler in a child process)")
+    parser.add_argument("--modes", default="one,two", help="one: serve as one process (WORKER_PROCESS=false, the "
+                        "default); two: WORKER_PROCESS=true (inbox worker, senders and scheduler in a child process); "
+                        "one,two: both, each on a fresh seed")
     parser.add_argument("--no-docs", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = parser.parse_args(argv)
@@ -693,11 +699,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {machine()}; load {load()}; work dir {work}")
     results = []
     try:
-        if not args.no_sqlite:
-            results.append(bench_database(sqlite_version(), "", args, work))
-        for url in args.database_url or []:
-            with pg_database(url) as db_url:
-                results.append(bench_database(pg_version(url), db_url, args, work))
+        modes = {"one": "1 process", "two": "2 processes"}
+        for mode in args.modes.split(","):
+            if not args.no_sqlite:
+                results.append(bench_database(f"{sqlite_version()}, {modes[mode]}", "", args, work))
+            for url in args.database_url or []:
+                with pg_database(url) as db_url:
+                    results.append(bench_database(f"{pg_version(url)}, {modes[mode]}", db_url, args, work))
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
