@@ -286,7 +286,7 @@ def seed(url: str, n: int, settings: Any) -> dict[str, Any]:
 # --- processes ------------------------------------------------------------------------------------------------
 
 
-def serve_env(data_dir: Path, url: str, fake_url: str, public: str, worker_process: bool = False) -> dict[str, str]:
+def serve_env(data_dir: Path, url: str, fake_url: str, public: str, worker_processes: int = 0) -> dict[str, str]:
     (data_dir / "campaigns").mkdir(parents=True, exist_ok=True)
     (data_dir / "campaigns" / "default.yaml").write_text(
         "campaigns:\n" + "".join(f"  {c}: {{enabled: false}}\n" for c in CAMPAIGNS), encoding="utf-8")
@@ -299,13 +299,13 @@ def serve_env(data_dir: Path, url: str, fake_url: str, public: str, worker_proce
         "TELEGRAM_WEBHOOK_SECRET": SECRET,
         "TELEGRAM_RATE_PER_SECOND": "100000",
         "DEMO": "false",
-        "WORKER_PROCESS": "true" if worker_process else "false",
+        "WORKER_PROCESSES": str(worker_processes),
         "PYTHONUNBUFFERED": "1",
     }
 
 
 def tree_rss(pid: int) -> int:
-    """RSS of a process and its children (the worker process of WORKER_PROCESS=true), summed: shared pages
+    """RSS of a process and its children (the worker processes of WORKER_PROCESSES), summed: shared pages
     count twice, so this overstates the pair."""
     proc = psutil.Process(pid)
     return proc.memory_info().rss + sum(c.memory_info().rss for c in proc.children(recursive=True))
@@ -519,6 +519,9 @@ def ms(value: float) -> str:
     return "not delivered" if value == float("inf") else f"{value:,.1f} ms"
 
 
+MODES_WORKERS = {"1 process": 0, "2 processes": 1, "3 processes": 2}
+
+
 def slug(label: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
 
@@ -549,7 +552,7 @@ def bench_database(label: str, url: str, args: argparse.Namespace, work: Path) -
 
     fake_port, app_port, bare_port = free_port(), free_port(), free_port()
     fake_url = f"http://127.0.0.1:{fake_port}"
-    env = serve_env(data_dir, url, fake_url, "https://bench.example", "2 processes" in label)
+    env = serve_env(data_dir, url, fake_url, "https://bench.example", MODES_WORKERS[label.rsplit(", ", 1)[-1]])
     k0 = 0
     with process([PY, "bench/tgfake.py", "--port", str(fake_port)], log=work / "fake.log",
                  ready_url=f"{fake_url}/_bench/stats"):
@@ -631,9 +634,9 @@ def write_docs(results: list[Result], args: argparse.Namespace, command: str) ->
         "- serve = `hoctap serve --no-demo` (uvicorn + uvloop + httptools, access log off as shipped; the baseline "
         "too), webhook "
         "mode, fake Bot API (bench/tgfake.py) with no rate limit, TELEGRAM_RATE_PER_SECOND=100000, campaigns off; "
-        "\"1 process\" = WORKER_PROCESS=false (the default), \"2 processes\" = WORKER_PROCESS=true (web app in "
-        "one, inbox worker + senders + scheduler in the other; RSS is the sum of both, shared library pages counted "
-        "twice)",
+        "\"1 process\" = WORKER_PROCESSES=0 (the default), \"2 processes\" = WORKER_PROCESSES=1 (web app in one, "
+        "inbox worker + senders + scheduler in the other), \"3 processes\" = WORKER_PROCESSES=2 (web app; inbox "
+        "worker; senders + scheduler); RSS is the sum of the processes, shared library pages counted in each",
         "",
         "### (a) throughput, 64 connections, and (c) memory",
         "",
@@ -683,9 +686,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate-cap", type=float, default=3000.0, help="updates/s assumed at most (sizes N)")
     parser.add_argument("--drain-limit", type=float, default=60.0, help="seconds to wait for a backlog")
     parser.add_argument("--profile", action="store_true", help="py-spy the serve process (bench/out/)")
-    parser.add_argument("--modes", default="one,two", help="one: serve as one process (WORKER_PROCESS=false, the "
-                        "default); two: WORKER_PROCESS=true (inbox worker, senders and scheduler in a child process); "
-                        "one,two: both, each on a fresh seed")
+    parser.add_argument("--modes", default="one,three", help="one: serve as one process (WORKER_PROCESSES=0, the "
+                        "default); two: WORKER_PROCESSES=1 (inbox worker, senders and scheduler in a child process); "
+                        "three: WORKER_PROCESSES=2 (inbox worker and senders in a child each); comma-separated: "
+                        "each, on a fresh seed")
     parser.add_argument("--no-docs", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = parser.parse_args(argv)
@@ -699,7 +703,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {machine()}; load {load()}; work dir {work}")
     results = []
     try:
-        modes = {"one": "1 process", "two": "2 processes"}
+        modes = {"one": "1 process", "two": "2 processes", "three": "3 processes"}
         for mode in args.modes.split(","):
             if not args.no_sqlite:
                 results.append(bench_database(f"{sqlite_version()}, {modes[mode]}", "", args, work))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +22,8 @@ from bot.scheduler import start_scheduler, stop_scheduler
 from models.settings import Settings
 
 log = logging.getLogger("hoctap.runtime")
+
+PARTS = ("inbox", "outbox")
 
 
 @dataclass
@@ -42,8 +44,10 @@ class Runtime:
     telegram: Any = None  # bot.telegram.TelegramChannel when on
     extra: dict[str, _ExtraChannel] = field(default_factory=dict)
     background: dict[str, Callable[[], Awaitable[None]]] = field(default_factory=dict)
-    # the web process of a split serve (bot/worker.py): wake_inbox rings the worker process instead
+    # processes of a split serve (bot/worker.py): where the inbox worker or the senders run in another
+    # process, wake_inbox / wake_outbox ring that process instead
     external_wake: Callable[[], None] | None = None
+    external_outbox_wake: Callable[[], None] | None = None
 
     def add_channel(
         self,
@@ -63,30 +67,39 @@ class Runtime:
         """
         self.background[name] = run
 
-    async def start(self) -> None:
-        """Start background work for the channels that are on."""
+    async def start(self, parts: Collection[str] = PARTS) -> None:
+        """Start background work for the channels that are on: every part, or (bot/worker.py) only "inbox"
+        (the inbox worker, channel setup and polling, background coroutines) or only "outbox" (the senders
+        and the scheduler)."""
         # httpx logs every request URL at INFO, and Telegram URLs contain the bot token
         logging.getLogger("httpx").setLevel(logging.WARNING)
         logging.getLogger("httpcore").setLevel(logging.WARNING)
-        self.inbox = InboxWorker(engine=self.engine, settings=self.settings, on_outbox=self.wake_outbox)
+        inbox, outbox = "inbox" in parts, "outbox" in parts
+        self.inbox = InboxWorker(engine=self.engine, settings=self.settings, on_outbox=self.wake_outbox) if inbox else None
         self.senders = {}
         if self.settings.telegram_enabled:
             from bot.telegram import CHANNEL, TelegramChannel
 
             self.telegram = TelegramChannel(settings=self.settings, engine=self.engine)
-            self.inbox.add_channel(CHANNEL, self.telegram.normalise, ordered_ids=True)
-            self.senders[CHANNEL] = self._sender(CHANNEL, self.telegram.transport)
-            self.tasks.append(asyncio.create_task(self._run_telegram(), name="telegram"))
+            if self.inbox is not None:
+                self.inbox.add_channel(CHANNEL, self.telegram.normalise, ordered_ids=True)
+                self.tasks.append(asyncio.create_task(self._run_telegram(), name="telegram"))
+            if outbox:
+                self.senders[CHANNEL] = self._sender(CHANNEL, self.telegram.transport)
         for name, extra in self.extra.items():
-            self.inbox.add_channel(name, extra.normalise, ordered_ids=extra.ordered_ids)
-            if extra.transport is not None:
+            if self.inbox is not None:
+                self.inbox.add_channel(name, extra.normalise, ordered_ids=extra.ordered_ids)
+            if outbox and extra.transport is not None:
                 self.senders[name] = self._sender(name, extra.transport, extra.rate_per_second)
-        for name, run in self.background.items():
-            self.tasks.append(asyncio.create_task(_guarded(name, run), name=f"background-{name}"))
+        if inbox:
+            for name, run in self.background.items():
+                self.tasks.append(asyncio.create_task(_guarded(name, run), name=f"background-{name}"))
         for name, sender in self.senders.items():
             self.tasks.append(asyncio.create_task(sender.run(), name=f"outbox-{name}"))
-        self.tasks.append(asyncio.create_task(self.inbox.run(), name="inbox"))
-        await start_scheduler(self)
+        if self.inbox is not None:
+            self.tasks.append(asyncio.create_task(self.inbox.run(), name="inbox"))
+        if outbox:
+            await start_scheduler(self)
 
     def _sender(self, channel: str, transport: Transport, rate: float | None = None) -> OutboxSender:
         return OutboxSender(
@@ -123,6 +136,9 @@ class Runtime:
             self.external_wake()
 
     def wake_outbox(self, channel: str | None = None) -> None:
+        if not self.senders and self.external_outbox_wake is not None:
+            self.external_outbox_wake()  # the senders run in another process (bot/worker.py)
+            return
         for name, sender in self.senders.items():
             if channel is None or name == channel:
                 sender.wake()

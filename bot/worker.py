@@ -62,71 +62,103 @@ class PipeWake:
             os.write(self.fd, b"i")  # a full pipe means the worker has wake-ups pending already
 
 
-class WorkerProcess:
-    """Start, watch and stop the `hoctap worker` child of `hoctap serve`."""
+class _Child:
+    """One child process: its role, the fds it is given, and the command line that says so."""
 
-    def __init__(self, settings: Settings, *, command: list[str] | None = None) -> None:
+    def __init__(self, role: str, wake_fd: int, outbox_wake_fd: int | None) -> None:
+        self.role, self.wake_fd, self.outbox_wake_fd = role, wake_fd, outbox_wake_fd
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.watcher: threading.Thread | None = None
+
+    def args(self) -> list[str]:
+        out = ["--role", self.role, "--wake-fd", str(self.wake_fd)]
+        if self.outbox_wake_fd is not None:
+            out += ["--outbox-wake-fd", str(self.outbox_wake_fd)]
+        return out
+
+    def fds(self) -> tuple[int, ...]:
+        return (self.wake_fd,) if self.outbox_wake_fd is None else (self.wake_fd, self.outbox_wake_fd)
+
+
+class WorkerProcess:
+    """Start, watch and stop the `hoctap worker` children of `hoctap serve`.
+
+    ``processes=1``: one child runs everything in the background (role "all"). ``processes=2``: one child runs
+    the inbox worker with the channels' setup and polling (role "inbox"), the other the senders and the
+    scheduler (role "outbox"); the first rings the second through a second pipe when it has queued replies."""
+
+    def __init__(self, settings: Settings, *, processes: int = 1, command: list[str] | None = None) -> None:
         self.settings = settings
         self.command = command or [sys.executable, "-m", "webhook.cli", "worker"]
-        self._read_fd, self._write_fd = os.pipe()  # both ends close-on-exec; the child gets the read end
-        os.set_blocking(self._write_fd, False)
-        self.wake = PipeWake(self._write_fd)
-        self.proc: subprocess.Popen[bytes] | None = None
+        self._pipes: list[int] = []
+        inbox_read, inbox_write = self._pipe()  # close-on-exec: each child is given its ends
+        self.wake = PipeWake(inbox_write)
+        if processes >= 2:
+            outbox_read, outbox_write = self._pipe()
+            self.children = [_Child("inbox", inbox_read, outbox_write), _Child("outbox", outbox_read, None)]
+        else:
+            self.children = [_Child("all", inbox_read, None)]
         self._stopping = threading.Event()
         self._lock = threading.Lock()
-        self._watcher: threading.Thread | None = None
         self.starts = 0
 
-    def start(self) -> None:
-        self._spawn()
-        self._watcher = threading.Thread(target=self._watch, name="worker-watch", daemon=True)
-        self._watcher.start()
+    def _pipe(self) -> tuple[int, int]:
+        read, write = os.pipe()
+        os.set_blocking(write, False)
+        self._pipes += [read, write]
+        return read, write
 
-    def _spawn(self) -> None:
+    def start(self) -> None:
+        for child in self.children:
+            self._spawn(child)
+            child.watcher = threading.Thread(target=self._watch, args=(child,), name=f"worker-{child.role}",
+                                             daemon=True)
+            child.watcher.start()
+
+    def _spawn(self, child: _Child) -> None:
         env = {**os.environ, **settings_env(self.settings)}
         if self.settings.media_dir is None:
             env.pop("MEDIA_DIR", None)  # unset in the parent's settings: the child derives it from DATA_DIR
         with self._lock:
             if self._stopping.is_set():
                 return
-            self.proc = subprocess.Popen(
-                [*self.command, "--wake-fd", str(self._read_fd), "--parent-pid", str(os.getpid())],
-                pass_fds=(self._read_fd,),
-                env=env,
-            )
+            child.proc = subprocess.Popen([*self.command, *child.args(), "--parent-pid", str(os.getpid())],
+                                          pass_fds=child.fds(), env=env)
             self.starts += 1
-        log.info("worker process started (pid %d)", self.proc.pid)
+        log.info("worker process %s started (pid %d)", child.role, child.proc.pid)
 
-    def _watch(self) -> None:
+    def _watch(self, child: _Child) -> None:
         delay = 1.0
         while not self._stopping.is_set():
-            proc = self.proc
+            proc = child.proc
             if proc is None:
                 return
             code = proc.wait()
             if self._stopping.is_set():
                 return
-            log.error("worker process exited (status %s); starting it again in %.0fs", code, delay)
+            log.error("worker process %s exited (status %s); starting it again in %.0fs", child.role, code, delay)
             if self._stopping.wait(delay):
                 return
             delay = min(delay * 2, 30.0)
-            self._spawn()
+            self._spawn(child)
 
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM, wait for a graceful stop, SIGKILL after ``timeout``."""
         with self._lock:
             self._stopping.set()
-            proc = self.proc
-        if proc is not None and proc.poll() is None:
+        running = [c.proc for c in self.children if c.proc is not None and c.proc.poll() is None]
+        for proc in running:
             proc.terminate()
+        for proc in running:
             try:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        if self._watcher is not None:
-            self._watcher.join(timeout=5)
-        for fd in (self._read_fd, self._write_fd):
+        for child in self.children:
+            if child.watcher is not None:
+                child.watcher.join(timeout=5)
+        for fd in self._pipes:
             with contextlib.suppress(OSError):
                 os.close(fd)
 
@@ -141,8 +173,14 @@ def _die_with_parent(parent_pid: int | None) -> None:
         raise SystemExit(0)  # the parent died before the request above took effect
 
 
-def run_worker(settings: Settings, *, wake_fd: int | None = None, parent_pid: int | None = None) -> int:
-    """`hoctap worker`: the runtime of `serve` without the web app, until SIGTERM/SIGINT or the parent ends."""
+ROLES = {"all": ("inbox", "outbox"), "inbox": ("inbox",), "outbox": ("outbox",)}
+
+
+def run_worker(settings: Settings, *, role: str = "all", wake_fd: int | None = None,
+               outbox_wake_fd: int | None = None, parent_pid: int | None = None) -> int:
+    """`hoctap worker`: the runtime of `serve` without the web app (or the ``role`` part of it), until
+    SIGTERM/SIGINT or the parent ends. A byte on ``wake_fd`` wakes the inbox worker (roles all, inbox) or the
+    senders (role outbox); queued replies ring ``outbox_wake_fd`` when the senders run elsewhere."""
     from bot import zalo, zalo_oa
     from bot.runtime import Runtime
     from models.db import make_engine
@@ -150,7 +188,10 @@ def run_worker(settings: Settings, *, wake_fd: int | None = None, parent_pid: in
     _die_with_parent(parent_pid)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     engine = make_engine(settings.db_url)
-    runtime = Runtime(settings=settings, engine=engine)
+    parts = ROLES[role]
+    runtime = Runtime(settings=settings, engine=engine,
+                      external_outbox_wake=PipeWake(outbox_wake_fd) if outbox_wake_fd is not None else None)
+    ring = runtime.wake_inbox if "inbox" in parts else runtime.wake_outbox
     zalo.register(runtime)
     zalo_oa.register(runtime)
 
@@ -159,7 +200,7 @@ def run_worker(settings: Settings, *, wake_fd: int | None = None, parent_pid: in
         done = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, done.set)
-        await runtime.start()
+        await runtime.start(parts)
         if wake_fd is not None:
             os.set_blocking(wake_fd, False)
 
@@ -172,7 +213,7 @@ def run_worker(settings: Settings, *, wake_fd: int | None = None, parent_pid: in
                     loop.remove_reader(wake_fd)
                     done.set()
                     return
-                runtime.wake_inbox()
+                ring()
 
             loop.add_reader(wake_fd, readable)
         try:
@@ -185,5 +226,5 @@ def run_worker(settings: Settings, *, wake_fd: int | None = None, parent_pid: in
 
     asyncio.run(main())
     engine.dispose()
-    log.info("worker process stopped")
+    log.info("worker process %s stopped", role)
     return 0

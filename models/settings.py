@@ -44,8 +44,9 @@ class Settings(BaseSettings):
     photo_max_bytes: int = 10 * 1024 * 1024
     photo_max_pixels: int = 40_000_000
     demo: bool = True
-    # serve runs the inbox worker, senders and scheduler in a child process (bot/worker.py): two cores
-    worker_process: bool = False
+    # 0: serve runs everything in one process; 1: the inbox worker, senders and scheduler in a child
+    # process; 2: the inbox worker in one child, the senders and scheduler in another (bot/worker.py)
+    worker_processes: int = Field(default=0, ge=0, le=2)
 
     @field_validator("public_base_url", "telegram_api_base_url", "zalo_api_base_url")
     @classmethod

@@ -80,7 +80,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from bot.worker import run_worker
 
-    return run_worker(settings, wake_fd=args.wake_fd, parent_pid=args.parent_pid)
+    return run_worker(settings, role=args.role, wake_fd=args.wake_fd, outbox_wake_fd=args.outbox_wake_fd,
+                      parent_pid=args.parent_pid)
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -130,8 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("worker", help="inbox worker, senders and scheduler without the web app (serve starts it "
-                       "when WORKER_PROCESS=true)")
+                       "when WORKER_PROCESSES is 1 or 2)")
+    p.add_argument("--role", choices=["all", "inbox", "outbox"], default="all")
     p.add_argument("--wake-fd", type=int, help="pipe to watch for wake-ups (given by serve)")
+    p.add_argument("--outbox-wake-fd", type=int, help="pipe to ring when replies are queued (given by serve)")
     p.add_argument("--parent-pid", type=int, help="stop when this process is gone (given by serve)")
     p.set_defaults(func=cmd_worker)
 

@@ -50,11 +50,12 @@ def serve(settings: Settings, *, host: str, port: int, demo: bool = True) -> int
     # closes an idle one just as the platform sends on it turns a delivery into a connection error (seen in the
     # load test, tests/reliability/load.py); 65 s is what common reverse proxies use
     worker = None
-    if settings.worker_process:
+    if settings.worker_processes:
         from bot.worker import WorkerProcess
 
-        print("  worker: a process of its own (WORKER_PROCESS=true)")
-        worker = WorkerProcess(settings)
+        print(f"  background work: {settings.worker_processes} process(es) of its own "
+              f"(WORKER_PROCESSES={settings.worker_processes})")
+        worker = WorkerProcess(settings, processes=settings.worker_processes)
         # uvicorn re-raises the SIGTERM it caught once it has shut down; with the default handler that would
         # end this process before the `finally` below stops the worker gracefully
         signal.signal(signal.SIGTERM, _exit_on_sigterm)

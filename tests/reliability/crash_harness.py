@@ -97,7 +97,7 @@ class Config:
     continue_check: bool = True
     schema: str = "migrate"  # migrate: Alembic, as production; models: create_all + stamp (see prepare_schema)
     template: Template | None = None
-    worker_process: bool = False  # WORKER_PROCESS=true: the kills hit the web process, the worker dies with it
+    worker_processes: int = 0  # WORKER_PROCESSES: the kills hit the web process, the workers die with it
 
 
 @dataclass
@@ -180,7 +180,7 @@ def server_env(cfg: Config, fake: FakeTelegram, db_url: str) -> dict[str, str]:
         "PER_CHAT_INTERVAL_SECONDS": "0",
         "TELEGRAM_RATE_PER_SECOND": "1000",
         "DEMO": "false",
-        "WORKER_PROCESS": "true" if cfg.worker_process else "false",
+        "WORKER_PROCESSES": str(cfg.worker_processes),
         "PYTHONUNBUFFERED": "1",
         "PYTHONPATH": str(ROOT),
     })
@@ -568,14 +568,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="also write the report here")
     parser.add_argument("--schema", choices=["migrate", "models"], default="migrate",
                         help="migrate: Alembic as in production; models: create_all + stamp head")
-    parser.add_argument("--worker-process", action="store_true", help="serve with WORKER_PROCESS=true")
+    parser.add_argument("--worker-processes", type=int, default=0, choices=[0, 1, 2], help="WORKER_PROCESSES")
     args = parser.parse_args(argv)
     import tempfile
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="hoctap-harness-"))
     cfg = Config(updates=args.updates, families=args.families, kills=args.kills, database_url=args.database_url,
                  workdir=workdir, seed=args.seed, concurrency=args.concurrency, timeout=args.timeout,
-                 schema=args.schema, worker_process=args.worker_process)
+                 schema=args.schema, worker_processes=args.worker_processes)
     report = run(cfg, fresh_schema=True)
     out = json.dumps(report, ensure_ascii=False, indent=2, default=str)
     print(out)
