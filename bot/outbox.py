@@ -31,6 +31,7 @@ import collections
 import contextlib
 import logging
 import math
+import os
 import threading
 import time
 import weakref
@@ -39,6 +40,11 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, Protocol, TypeVar
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not on Windows: SQLite's busy handler alone
+    fcntl = None  # type: ignore[assignment]
 
 from sqlalchemy import and_, bindparam, func, or_, text, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -64,23 +70,65 @@ def utcnow() -> datetime:
 
 # --- database helpers shared by inbox and outbox ---------------------------------------------------------
 
-_SQLITE_LOCKS: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()
+_SQLITE_LOCKS: weakref.WeakKeyDictionary[Engine, _SqliteWriteLock] = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
+
+
+class _SqliteWriteLock:
+    """A thread lock for this process's turns, and an flock on a file next to the database for the turns of
+    the other processes (`serve` with WORKER_PROCESSES: the web process's inbox inserts, the inbox worker's
+    batches, the sender's claims and marks). A process waiting in flock() is woken the moment the lock is
+    released; waiting in SQLite's busy handler instead means sleeping 1, 2, 5, 10, 15, 20, 25 … ms between
+    tries, and a writer that commits batch after batch can keep the others out for a hundred milliseconds."""
+
+    def __init__(self, path: str | None) -> None:
+        self.thread = threading.Lock()
+        self.fd: int | None = None
+        if path and fcntl is not None:
+            with contextlib.suppress(OSError):  # e.g. a read-only directory: SQLite's busy handler alone
+                self.fd = os.open(path + "-writelock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        with self.thread:
+            if self.fd is None:
+                yield
+                return
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+    def __del__(self) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+
+
+def _sqlite_path(engine: Engine) -> str | None:
+    database = engine.url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return os.path.abspath(database)
 
 
 @contextlib.contextmanager
 def write_lock(engine: Engine) -> Iterator[None]:
-    """Serialise our read-then-write transactions on SQLite inside this process; a no-op on PostgreSQL.
+    """Serialise our read-then-write transactions on SQLite; a no-op on PostgreSQL.
 
     SQLite in WAL mode fails at once (no busy wait) when a transaction that has read tries to write after
-    another connection committed; taking turns avoids that. SQLite deployments run one process.
+    another connection committed; taking turns avoids that. Within a process a thread lock gives the turns;
+    between the processes of WORKER_PROCESSES an flock next to the database file (see _SqliteWriteLock).
     """
     if engine.dialect.name != "sqlite":
         yield
         return
     with _LOCKS_GUARD:
-        lock = _SQLITE_LOCKS.setdefault(engine, threading.Lock())
-    with lock:
+        lock = _SQLITE_LOCKS.get(engine)
+        if lock is None:
+            lock = _SQLITE_LOCKS[engine] = _SqliteWriteLock(_sqlite_path(engine))
+    with lock.hold():
         yield
 
 
