@@ -1,17 +1,21 @@
-"""The background work (inbox worker, outbox senders, scheduler, channel setup) in a process of its own.
+"""The background work (inbox worker, outbox senders, scheduler, channel setup) in processes of its own.
 
-With ``WORKER_PROCESS=true`` `hoctap serve` runs the web app (pages, API, webhooks) in its own process and
-starts this one as a child (`hoctap worker --wake-fd N`): the two then use two cores instead of sharing one
-interpreter lock, and a burst of webhook calls no longer waits behind a batch of flow steps.
+With ``WORKER_PROCESSES=1`` `hoctap serve` runs the web app (pages, API, webhooks) in its own process and starts
+one child (`hoctap worker --role all`) for the rest; with ``2``, two children: the inbox worker with the
+channels' setup and polling (``--role inbox``), and the senders with the scheduler (``--role outbox``). The
+processes then use several cores instead of sharing one interpreter lock, and a burst of webhook calls no
+longer waits behind a batch of flow steps.
 
 The webhook routes store updates and commit, as always; then, instead of waking the worker inside the
-process, they write one byte to a pipe whose other end the child watches (``PipeWake``). Nothing is lost if
-a byte is: the worker also polls the inbox every few seconds, and the pipe is only a doorbell.
+process, they write one byte to a pipe whose other end the inbox child watches (``PipeWake``); the inbox
+child rings the sender child the same way when it has queued replies. Nothing is lost if a byte is: the
+workers also poll the database every few seconds, and the pipes are only doorbells. On SQLite the processes
+take turns on writes through an flock next to the database (bot.outbox.write_lock).
 
-Lifetime: the child dies with its parent. On Linux the kernel sends it SIGKILL when the parent dies
+Lifetime: the children die with their parent. On Linux the kernel sends them SIGKILL when the parent dies
 (PR_SET_PDEATHSIG) — the same as a crash of the one-process serve, which the crash tests cover; elsewhere
-(and as a second guard) the pipe's end of file tells it the parent is gone, and it stops. A child that dies
-on its own is started again by the parent (after 1 s, doubling up to 30 s). SIGTERM/SIGINT stop it
+(and as a second guard) the pipe's end of file tells a child the parent is gone, and it stops. A child that
+dies on its own is started again by the parent (after 1 s, doubling up to 30 s). SIGTERM/SIGINT stop them
 gracefully: in-flight batches finish, unsent claims go back to the queue.
 """
 
