@@ -54,7 +54,7 @@ def test_backup_while_writing_then_restore(tmp_path: Path) -> None:
     thread.start()
     try:
         time.sleep(0.05)
-        result = backup_sqlite(db, tmp_path / "backups" / "hoctap.db", pages_per_step=16)
+        result = backup_sqlite(db, tmp_path / "backups" / "hoctap.db")
     finally:
         stop.set()
         thread.join(timeout=10)
