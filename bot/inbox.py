@@ -206,6 +206,12 @@ def _deferred() -> Any:
     return Deferred()
 
 
+def _load_many(session: Session, keys: list[tuple[str, str, str]]) -> dict[tuple[str, str], Any]:
+    from bot.uow import load_many
+
+    return load_many(session, keys)
+
+
 @dataclass
 class _Pending:
     id: int
@@ -530,6 +536,8 @@ class InboxWorker:
             heads = self._pending_heads(session, sorted({r.chat_key for r, _ in todo})) if todo else {}
             started = time.perf_counter()  # the rows' own work sizes the batches, not the fixed queries above
             deferred = _deferred() if self.process is None else None
+            # PostgreSQL: what each update's step reads first, for the whole batch in one round trip
+            loads = self._load_many(session, todo, heads) if postgres and deferred is not None else {}
             marks = []
             for row, inbound in todo:
                 head = heads.get((row.channel, row.chat_key))
@@ -539,7 +547,10 @@ class InboxWorker:
                 if head[1] != row.id:
                     outcomes[row.id] = "not_first"
                     continue
-                status, outcomes[row.id] = self._apply(session, row, inbound, now, deferred)
+                if deferred is not None and deferred.others_changed:
+                    loads.clear()  # a step changed more than its own answers: the rest read afresh
+                preloaded = loads.pop((row.channel, inbound.user_id or inbound.chat_id), None)
+                status, outcomes[row.id] = self._apply(session, row, inbound, now, deferred, preloaded)
                 marks.append({"b_id": row.id, "b_status": status})
             if marks:
                 table = InboxUpdate.__table__  # type: ignore[attr-defined]
@@ -562,8 +573,19 @@ class InboxWorker:
         """One row in its own transaction (waiting for the chat's lock on PostgreSQL)."""
         return self._commit_batch([(row, inbound)], wait=True)[row.id]
 
+    @staticmethod
+    def _load_many(session: Session, todo: list[tuple[_Pending, Inbound]],
+                   heads: dict[tuple[str, str], tuple[tuple[int, int], int]]) -> dict[tuple[str, str], Any]:
+        """bot.uow.load_many for the batch's rows that will run a step. A chat identity met twice in the
+        batch (one user in two chats) is loaded for its first row only (``pop`` above): the second reads
+        afresh, as without the batch load."""
+        keys = [(row.channel, inbound.user_id or inbound.chat_id, f"{row.channel}:{row.update_id}")
+                for row, inbound in todo
+                if inbound.event is not None and heads.get((row.channel, row.chat_key), (None, None))[1] == row.id]
+        return _load_many(session, keys)
+
     def _apply(self, session: Session, row: _Pending, inbound: Inbound, now: datetime,
-               deferred: Any = None) -> tuple[str, str]:
+               deferred: Any = None, preloaded: Any = None) -> tuple[str, str]:
         """Stage one row's work in ``session``: (the row's new status, "done" or "queued")."""
         queued = False
         if inbound.event is not None:
@@ -581,7 +603,7 @@ class InboxWorker:
                 # bot.uow clears "unreachable" itself, from the person row it reads anyway, and leaves the
                 # batch's state, outbox and audit rows to one statement each (written by _commit_batch)
                 says = _default_process()(session, **common, clear_unreachable=True,  # type: ignore[call-arg]
-                                          deferred=deferred)
+                                          deferred=deferred, preloaded=preloaded)
             else:
                 says = self.process(session, **common)
                 _clear_unreachable(session, channel=row.channel, user_id=inbound.user_id or inbound.chat_id)

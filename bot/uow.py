@@ -13,7 +13,7 @@ import secrets
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, and_, bindparam, cast, func, insert, update
+from sqlalchemy import JSON, String, and_, bindparam, cast, func, insert, update
 from sqlalchemy import select as core_select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSONB
@@ -61,7 +61,7 @@ PROCESSED = "flow.processed"
 def process_event(session: Session, *, channel: str, chat_id: str, event: Event, now: datetime,
                   settings: Any = None, idempotency_base: str | None = None, user_id: str | None = None,
                   display_name: str = "", clear_unreachable: bool = False,
-                  deferred: Deferred | None = None) -> list[Say]:
+                  deferred: Deferred | None = None, preloaded: _Loaded | None = None) -> list[Say]:
     """Run one event through the flows and stage every change in ``session``; returns the replies.
 
     ``clear_unreachable``: the person behind the chat wrote to us, so they can be written to again (their
@@ -71,7 +71,7 @@ def process_event(session: Session, *, channel: str, chat_id: str, event: Event,
     batch of chats, not per update)."""
     user_id = user_id or chat_id
     session.flush()  # pending ORM changes first: the reads below go to the database, not the session
-    loaded = _load(session, channel=channel, user_id=user_id, base=idempotency_base)
+    loaded = preloaded or _load(session, channel=channel, user_id=user_id, base=idempotency_base)
     if loaded is None:  # no identity yet (or never on this channel)
         if idempotency_base is not None and _already_processed(session, idempotency_base):
             return []
@@ -94,6 +94,8 @@ def process_event(session: Session, *, channel: str, chat_id: str, event: Event,
 
     applier = _Applier(session, identity, now, settings, view=view,
                        fast=all(type(e) is fx.SaveAnswer for e in step.effects))
+    if deferred is not None and (loaded is None or not applier.fast):
+        deferred.others_changed = True  # rows that other chats' loads read may have changed (see load_many)
     base = idempotency_base or f"{channel}:{chat_id}:{secrets.token_hex(8)}"
     for effect in step.effects:
         applier.apply(effect)
@@ -141,6 +143,10 @@ class Deferred:
         self.states: list[dict[str, Any]] = []
         self.replies: list[dict[str, Any]] = []
         self.audits: list[dict[str, Any]] = []
+        # set by a step that did more than save answers (or made a new identity): it may have changed what
+        # another chat's process_event reads first (a person, roles, households), so loads made before it
+        # for the rest of the batch (load_many) are not to be used
+        self.others_changed = False
 
     def write(self, session: Session) -> None:
         """Write and forget what was staged (one executemany per table)."""
@@ -179,30 +185,48 @@ class _Loaded:
         self.preload, self.unreachable, self.processed = preload, unreachable, processed
 
 
-def _load_statement(_dialect: Any) -> Any:
+def _load_statement(_dialect: Any, *, many: bool = False) -> Any:
     """Identity, conversation, person (with commune, roles, what they head) and "already processed", in one
-    statement: one row per role grant that is not revoked (or one row without)."""
+    statement: one row per role grant that is not revoked (or one row without). ``many`` (PostgreSQL): the
+    same for a batch of chats at once, keyed by arrays of (channel, user_id, idempotency base); each row then
+    starts with its chat's channel and user_id."""
     ci, cv, p, cm, rg = (t.__table__ for t in (ChatIdentity, Conversation, Person, Commune, RoleGrant))  # type: ignore[attr-defined]
     al, h, c, u = (t.__table__ for t in (AuditLog, Household, Clan, Unit))  # type: ignore[attr-defined]
+    keys = None
+    base: Any = bindparam("base")
+    if many:
+        keys = func.unnest(bindparam("channels", type_=postgresql.ARRAY(String)),
+                           bindparam("user_ids", type_=postgresql.ARRAY(String)),
+                           bindparam("bases", type_=postgresql.ARRAY(String))).table_valued(
+            "channel", "user_id", "base").render_derived(name="k")
+        base = keys.c.base
     processed = (
-        core_select(al.c.id).where(al.c.action == PROCESSED, al.c.target == bindparam("base")).limit(1)
+        core_select(al.c.id).where(al.c.action == PROCESSED, al.c.target == base).limit(1)
         .scalar_subquery()
     )
     household = core_select(func.min(h.c.id)).where(h.c.head_person_id == p.c.id).scalar_subquery()
     clan = core_select(func.min(c.c.id)).where(c.c.head_person_id == p.c.id).scalar_subquery()
     unit = core_select(func.min(u.c.id)).where(u.c.rep_person_id == p.c.id).scalar_subquery()
+    columns = (
+        ci.c.id, ci.c.chat_id, ci.c.person_id, cv.c.id, cv.c.state, p.c.id, p.c.name, p.c.phone,
+        p.c.commune_code, p.c.village_id, p.c.unreachable_at.is_not(None), cm.c.code, cm.c.province_code,
+        rg.c.role, rg.c.status, rg.c.commune_code, rg.c.village_id, household, clan, unit, processed,
+    )
+    joined = (
+        ci.outerjoin(cv, cv.c.identity_id == ci.c.id)
+        .outerjoin(p, p.c.id == ci.c.person_id)
+        .outerjoin(cm, cm.c.code == p.c.commune_code)
+        .outerjoin(rg, and_(rg.c.person_id == p.c.id, rg.c.status != "revoked"))
+    )
+    if keys is not None:
+        return (
+            core_select(keys.c.channel, keys.c.user_id, *columns)
+            .select_from(keys.join(joined, and_(ci.c.channel == keys.c.channel, ci.c.user_id == keys.c.user_id)))
+            .order_by(rg.c.id)
+        )
     return (
-        core_select(
-            ci.c.id, ci.c.chat_id, ci.c.person_id, cv.c.id, cv.c.state, p.c.id, p.c.name, p.c.phone,
-            p.c.commune_code, p.c.village_id, p.c.unreachable_at.is_not(None), cm.c.code, cm.c.province_code,
-            rg.c.role, rg.c.status, rg.c.commune_code, rg.c.village_id, household, clan, unit, processed,
-        )
-        .select_from(
-            ci.outerjoin(cv, cv.c.identity_id == ci.c.id)
-            .outerjoin(p, p.c.id == ci.c.person_id)
-            .outerjoin(cm, cm.c.code == p.c.commune_code)
-            .outerjoin(rg, and_(rg.c.person_id == p.c.id, rg.c.status != "revoked"))
-        )
+        core_select(*columns)
+        .select_from(joined)
         .where(ci.c.channel == bindparam("channel"), ci.c.user_id == bindparam("user_id"))
         .order_by(rg.c.id)
     )
@@ -211,10 +235,33 @@ def _load_statement(_dialect: Any) -> Any:
 _LOAD = Prepared(_load_statement)
 
 
+_LOAD_MANY = Prepared(lambda d: _load_statement(d, many=True))
+
+
 def _load(session: Session, *, channel: str, user_id: str, base: str | None) -> _Loaded | None:
     rows = _LOAD.rows(session, {"channel": channel, "user_id": user_id, "base": base})
-    if not rows:
-        return None
+    return _loaded(rows, channel, user_id) if rows else None
+
+
+def load_many(session: Session, keys: list[tuple[str, str, str]]) -> dict[tuple[str, str], _Loaded]:
+    """PostgreSQL: what ``process_event`` reads first, for the chats of a batch in ONE statement: (channel,
+    user_id) → loaded, for each (channel, user_id, idempotency base) of ``keys`` whose chat identity exists
+    (pass the result to process_event as ``preloaded``). One round trip for the batch instead of one per
+    update; see bot.inbox for when a batch's loads stop being valid. A chat met twice in ``keys`` is loaded
+    for its first (channel, user_id, base) only."""
+    seen: set[tuple[str, str]] = set()
+    keys = [k for k in keys if (k[0], k[1]) not in seen and not seen.add((k[0], k[1]))]  # type: ignore[func-returns-value]
+    if not keys:
+        return {}
+    rows = _LOAD_MANY.rows(session, {"channels": [k[0] for k in keys], "user_ids": [k[1] for k in keys],
+                                     "bases": [k[2] for k in keys]})
+    grouped: dict[tuple[str, str], list[tuple[Any, ...]]] = {}
+    for row in rows:
+        grouped.setdefault((row[0], row[1]), []).append(row[2:])
+    return {key: _loaded(chat_rows, key[0], key[1]) for key, chat_rows in grouped.items()}
+
+
+def _loaded(rows: list[tuple[Any, ...]], channel: str, user_id: str) -> _Loaded:
     (identity_id, chat_id, person_id, conversation_id, state, pid, name, phone, commune_code, village_id,
      unreachable, commune, province, *_role, household, clan, unit, processed) = rows[0]
     me = None

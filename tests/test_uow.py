@@ -380,3 +380,50 @@ def test_village_invite_link_is_a_telegram_deep_link_when_the_bot_username_is_kn
                         now=NOW, settings=SimpleNamespace(public_base_url=""), idempotency_base="telegram:l1:1")
     text = "\n".join(s.text for s in out)
     assert f"https://t.me/hoctap_gialoc_bot?start=v_{village.invite_code.removeprefix('v_')}" in text
+
+
+def test_batch_load_reads_what_the_single_load_reads(session: Session) -> None:
+    """bot.uow.load_many (the inbox's one statement per batch on PostgreSQL) gives each chat what _load gives
+    it: identity, conversation, person with roles and households, "already processed"."""
+    import pytest
+
+    from bot.uow import _load, load_many
+
+    if session.get_bind().dialect.name != "postgresql":
+        pytest.skip("load_many is PostgreSQL's (unnest of arrays)")
+    village = _seed(session)
+    family = Chat(session, "2001")
+    _signup(family, "Lê Thị Hoa")
+    leader = Chat(session, "2002")
+    leader.send(Event("command", text="start"))
+    leader.press("Trưởng thôn/Chi hội")
+    leader.text("gia loc")
+    leader.press("Gia Lộc – Hải Phòng")
+    leader.press("Thôn Đông")
+    leader.text("Phạm Văn Cường")
+    leader.press("Bỏ qua")
+    leader.press("Đồng ý")
+    grant = session.exec(select(RoleGrant).where(RoleGrant.role == "village_leader")).one()
+    assert grant.village_id == village.id
+    session.add(RoleGrant(person_id=grant.person_id, role="family", status="granted", commune_code=10999,
+                          village_id=village.id))
+    session.commit()
+    keys = [("telegram", "2001", "telegram:2001:new"), ("telegram", "2002", "telegram:2002:1"),
+            ("telegram", "9999", "telegram:9999:1"), ("telegram", "2001", "telegram:2001:1")]
+    many = load_many(session, keys)
+    assert sorted(many) == [("telegram", "2001"), ("telegram", "2002")]  # no identity for 9999
+
+    def fields(loaded: Any) -> tuple[Any, ...]:
+        i = loaded.identity
+        return ((i.id, i.channel, i.user_id, i.chat_id, i.person_id), loaded.conversation_id, loaded.state,
+                loaded.preload, loaded.unreachable, loaded.processed)
+
+    for channel, user_id, base in keys[:2]:
+        single = _load(session, channel=channel, user_id=user_id, base=base)
+        assert single is not None
+        assert fields(many[(channel, user_id)]) == fields(single)
+    assert len(many[("telegram", "2002")].preload.me.roles) == 2  # both grants: one row per role, grouped
+    assert many[("telegram", "2001")].preload.me.household_id is not None
+    assert many[("telegram", "2002")].processed and not many[("telegram", "2001")].processed
+    # a chat met twice is loaded for its first key: 2001 with the new base, not the processed one
+    assert _load(session, channel="telegram", user_id="2001", base="telegram:2001:1").processed  # type: ignore[union-attr]
