@@ -81,6 +81,23 @@ def _signup(chat: Chat, name: str = "Nguyễn Văn An") -> None:
     chat.press("Đồng ý")
 
 
+def _family_and_leader(session: Session) -> tuple[Village, Chat, Chat]:
+    """A family signed up in chat 2001, a village leader (role pending) in chat 2002, both of Thôn Đông."""
+    village = _seed(session)
+    family = Chat(session, "2001")
+    _signup(family, "Lê Thị Hoa")
+    leader = Chat(session, "2002")
+    leader.send(Event("command", text="start"))
+    leader.press("Trưởng thôn/Chi hội")
+    leader.text("gia loc")
+    leader.press("Gia Lộc – Hải Phòng")
+    leader.press("Thôn Đông")
+    leader.text("Phạm Văn Cường")
+    leader.press("Bỏ qua")
+    leader.press("Đồng ý")
+    return village, family, leader
+
+
 def test_household_signs_up_answers_with_a_photo_and_submits(session: Session) -> None:
     _seed(session)
     chat = Chat(session, "1001")
@@ -153,18 +170,7 @@ def test_no_consent_stores_nothing_personal(session: Session) -> None:
 
 
 def test_leader_questions_a_family_and_the_family_gets_a_message(session: Session) -> None:
-    village = _seed(session)
-    family = Chat(session, "2001")
-    _signup(family, "Lê Thị Hoa")
-    leader = Chat(session, "2002")
-    leader.send(Event("command", text="start"))
-    leader.press("Trưởng thôn/Chi hội")
-    leader.text("gia loc")
-    leader.press("Gia Lộc – Hải Phòng")
-    leader.press("Thôn Đông")
-    leader.text("Phạm Văn Cường")
-    leader.press("Bỏ qua")
-    leader.press("Đồng ý")
+    village, _family, leader = _family_and_leader(session)
     assert "chờ xã xác nhận" in leader.said()
     grant = session.exec(select(RoleGrant).where(RoleGrant.role == "village_leader")).one()
     assert grant.status == "pending" and grant.village_id == village.id
@@ -391,18 +397,7 @@ def test_batch_load_reads_what_the_single_load_reads(session: Session) -> None:
 
     if session.get_bind().dialect.name != "postgresql":
         pytest.skip("load_many is PostgreSQL's (unnest of arrays)")
-    village = _seed(session)
-    family = Chat(session, "2001")
-    _signup(family, "Lê Thị Hoa")
-    leader = Chat(session, "2002")
-    leader.send(Event("command", text="start"))
-    leader.press("Trưởng thôn/Chi hội")
-    leader.text("gia loc")
-    leader.press("Gia Lộc – Hải Phòng")
-    leader.press("Thôn Đông")
-    leader.text("Phạm Văn Cường")
-    leader.press("Bỏ qua")
-    leader.press("Đồng ý")
+    village, _family, leader = _family_and_leader(session)
     grant = session.exec(select(RoleGrant).where(RoleGrant.role == "village_leader")).one()
     assert grant.village_id == village.id
     session.add(RoleGrant(person_id=grant.person_id, role="family", status="granted", commune_code=10999,
