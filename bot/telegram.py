@@ -31,6 +31,7 @@ import os
 import urllib.parse
 import urllib.request
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -546,10 +547,26 @@ class TelegramChannel:
     # -- normalising
 
     async def normalise(self, payload: dict[str, Any]) -> Inbound:
-        """Raw update → Inbound (see the module docstring for what is ignored or answered here)."""
+        """Raw update → Inbound (see the module docstring for what is ignored or answered here).
+
+        The two shapes nearly every update has — a text message in a private chat, a button press — are read
+        straight from the JSON (``_plain_text``, ``_plain_callback``); building python-telegram-bot's objects
+        for them cost more than the flow step they feed (py-spy, docs/performance.md). Anything else, or
+        anything those readers are not sure of, goes through PTB as before; both give the same Inbound
+        (tests/test_telegram_adapter.py, hypothesis)."""
+        text = _plain_text(payload)
+        if text is not None:
+            return text
+        query = _plain_callback(payload)
+        if query is not None:
+            return await self._callback(query)
+        return await self.normalise_ptb(payload)
+
+    async def normalise_ptb(self, payload: dict[str, Any]) -> Inbound:
+        """``normalise`` through python-telegram-bot's objects, for every shape."""
         update = Update.de_json(payload, self.bot)
         if update.callback_query is not None:
-            return await self._callback(update.callback_query)
+            return await self._callback(_Query.of(update.callback_query))
         message = update.message
         if message is None:
             return Inbound()  # edited messages, channel posts...: not ours to answer
@@ -585,28 +602,24 @@ class TelegramChannel:
                 return Inbound(chat_id=chat_id, event=Event(kind="unsupported", value=kind), **who)
         return Inbound()  # service messages
 
-    async def _callback(self, query: CallbackQuery) -> Inbound:
+    async def _callback(self, query: _Query) -> Inbound:
         # stop the spinner, alongside the processing rather than before it (the reply need not wait for this
         # round trip); a query answered late (after a restart) is "too old": nothing to do about it
         answer = asyncio.create_task(self.transport.answer_callback(query.id))
         self._answers.add(answer)
         answer.add_done_callback(self._answers.discard)
-        message = query.message
-        chat_id = str(message.chat.id) if message is not None else str(query.from_user.id)
-        if message is not None and message.chat.type != "private":
+        if query.chat_type is not None and query.chat_type != "private":
             return Inbound()
-        who = {"user_id": str(query.from_user.id), "display_name": clean(query.from_user.full_name)}
+        chat_id = query.chat_id
+        who = {"user_id": query.user_id, "display_name": clean(query.full_name)}
         data = clean(query.data)
         label = ""
-        if isinstance(message, Message) and isinstance(message.reply_markup, InlineKeyboardMarkup):
-            for row in message.reply_markup.inline_keyboard:
-                for button in row:
-                    if button.callback_data == data:
-                        label = clean(button.text)
+        for button_data, button_text in query.buttons:
+            if button_data == data:
+                label = clean(button_text)
         value = data
         if data.startswith(HASH_PREFIX):
-            message_id = message.message_id if message is not None else None
-            resolved = await asyncio.to_thread(self._resolve_hash, chat_id, message_id, data)
+            resolved = await asyncio.to_thread(self._resolve_hash, chat_id, query.message_id, data)
             if resolved is None:
                 # cannot tell which value it was: the label still works as a typed answer
                 return Inbound(chat_id=chat_id, event=Event(kind="text", text=label), **who)
@@ -679,3 +692,119 @@ def _looks_like_image(mime_type: str | None, file_name: str | None) -> bool:
     if mime_type and mime_type.lower().startswith("image/"):
         return True
     return bool(file_name and file_name.lower().endswith(IMAGE_SUFFIXES))
+
+
+# -- the common shapes, read without python-telegram-bot's objects (see TelegramChannel.normalise)
+
+
+@dataclass(frozen=True)
+class _Query:
+    """What ``_callback`` reads of a button press."""
+
+    id: str
+    chat_id: str  # the message's chat, or the presser when the message is not there
+    chat_type: str | None  # None: no message
+    message_id: int | None
+    user_id: str
+    full_name: str | None
+    data: str | None
+    buttons: tuple[tuple[str | None, str], ...]  # (callback_data, text) of the message's inline keyboard
+
+    @classmethod
+    def of(cls, query: CallbackQuery) -> _Query:
+        message = query.message
+        buttons: tuple[tuple[str | None, str], ...] = ()
+        if isinstance(message, Message) and isinstance(message.reply_markup, InlineKeyboardMarkup):
+            buttons = tuple((b.callback_data if isinstance(b.callback_data, str) else None, b.text)
+                            for row in message.reply_markup.inline_keyboard for b in row)
+        return cls(
+            id=query.id,
+            chat_id=str(message.chat.id) if message is not None else str(query.from_user.id),
+            chat_type=message.chat.type if message is not None else None,
+            message_id=message.message_id if message is not None else None,
+            user_id=str(query.from_user.id),
+            full_name=query.from_user.full_name,
+            data=query.data,
+            buttons=buttons,
+        )
+
+
+def _int(value: Any) -> bool:
+    return type(value) is int  # not bool, which JSON's true would give
+
+
+def _user(value: Any) -> tuple[str, str | None] | None:
+    """(id, full name as PTB's User.full_name gives it) of a well-formed user object; None otherwise."""
+    if not isinstance(value, dict) or not _int(value.get("id")) or value.get("is_bot") not in (True, False):
+        return None
+    first, last = value.get("first_name"), value.get("last_name")
+    if not isinstance(first, str) or not (last is None or isinstance(last, str)):
+        return None
+    if not first:
+        return str(value["id"]), None
+    return str(value["id"]), f"{first} {last}" if last else first
+
+
+def _chat(message: Any) -> tuple[int, str] | None:
+    """(chat id, chat type) of a well-formed message object (its id and date included); None otherwise."""
+    if not isinstance(message, dict) or not _int(message.get("message_id")) or not _int(message.get("date")):
+        return None
+    chat = message.get("chat")
+    if not isinstance(chat, dict) or not _int(chat.get("id")) or not isinstance(chat.get("type"), str):
+        return None
+    return chat["id"], chat["type"]
+
+
+def _plain_text(payload: dict[str, Any]) -> Inbound | None:
+    """A text message in a private chat, as PTB would normalise it; None for any other shape."""
+    if "callback_query" in payload:
+        return None
+    message = payload.get("message")
+    chat = _chat(message)
+    if chat is None or chat[1] != "private" or not isinstance(message.get("text"), str):
+        return None
+    who: dict[str, str] = {}
+    if "from" in message:
+        sender = _user(message["from"])
+        if sender is None:
+            return None
+        who = {"user_id": sender[0], "display_name": clean(sender[1])}
+    return Inbound(chat_id=str(chat[0]), event=_text_event(clean(message["text"])), **who)
+
+
+def _plain_callback(payload: dict[str, Any]) -> _Query | None:
+    """A button press with a well-formed message (or none), read as ``_Query.of`` would; None otherwise."""
+    query = payload.get("callback_query")
+    if not isinstance(query, dict) or not isinstance(query.get("id"), str):
+        return None
+    if not isinstance(query.get("chat_instance"), str) or not isinstance(query.get("data"), str):
+        return None
+    sender = _user(query.get("from"))
+    if sender is None:
+        return None
+    message = query.get("message")
+    if message is None:
+        if "message" in query:
+            return None
+        return _Query(query["id"], sender[0], None, None, sender[0], sender[1], query["data"], ())
+    chat = _chat(message)
+    if chat is None:
+        return None
+    buttons: list[tuple[str | None, str]] = []
+    if "reply_markup" in message:
+        markup = message["reply_markup"]
+        rows = markup.get("inline_keyboard") if isinstance(markup, dict) else None
+        if not isinstance(rows, list):
+            return None
+        for row in rows:
+            if not isinstance(row, list):
+                return None
+            for button in row:
+                if not isinstance(button, dict) or not isinstance(button.get("text"), str):
+                    return None
+                data = button.get("callback_data")
+                if not (data is None or isinstance(data, str)):
+                    return None
+                buttons.append((data, button["text"]))
+    return _Query(query["id"], str(chat[0]), chat[1], message["message_id"], sender[0], sender[1],
+                  query["data"], tuple(buttons))

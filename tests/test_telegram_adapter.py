@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import io
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
@@ -227,3 +231,174 @@ def test_route_is_404_when_telegram_is_off(engine, tmp_path) -> None:
         )
     assert resp.status_code == 404
     assert inbox_rows(engine) == []
+
+
+def test_route_reads_a_streamed_body_and_stops_past_the_limit(engine, tmp_path) -> None:
+    """The route is a bare ASGI handler (webhook/app.py FAST_POSTS): a body that arrives in several chunks is
+    read whole; one that grows past MAX_BODY without announcing its length is refused with 413."""
+    from webhook.telegram_routes import MAX_BODY
+
+    app = create_app(tg_settings(tmp_path), engine=engine, background=False)
+    good = {"X-Telegram-Bot-Api-Secret-Token": "s3cret-Token_1"}
+    body = tg.text_update(7, 502, "chia nhỏ")
+    raw = json.dumps(body).encode()
+    with TestClient(app) as client:
+        chunks = iter([raw[:10], raw[10:25], raw[25:]])
+        assert client.post("/webhooks/telegram", content=chunks, headers=good).json() == {"ok": True}
+        huge = iter([b'{"update_id": 8, "x": "', *(b"a" * 65536 for _ in range(MAX_BODY // 65536 + 1)), b'"}'])
+        resp = client.post("/webhooks/telegram", content=huge, headers=good)
+        assert resp.status_code == 413
+        assert resp.json() == {"ok": False, "error": "too large"}
+    assert [(r.update_id, r.payload) for r in inbox_rows(engine)] == [("7", body)]
+
+
+def test_route_under_a_root_path_and_other_methods(engine, tmp_path) -> None:
+    app = create_app(tg_settings(tmp_path), engine=engine, background=False)
+    good = {"X-Telegram-Bot-Api-Secret-Token": "s3cret-Token_1"}
+    with TestClient(app, root_path="/hoctap") as client:  # as behind a proxy with uvicorn --root-path
+        assert client.post("/webhooks/telegram", json=tg.text_update(9, 503, "a"), headers=good).status_code == 200
+    with TestClient(app) as client:
+        assert client.get("/webhooks/telegram", headers=good).status_code in (404, 405)
+    assert [r.update_id for r in inbox_rows(engine)] == ["9"]
+
+
+def test_route_answers_500_when_the_update_cannot_be_stored(tmp_path, caplog) -> None:
+    """A database that refuses the insert (here: one without our tables) is a 5xx, so Telegram sends the update
+    again later; the log names the error's type, never the message."""
+    from models.db import make_engine
+
+    bare = make_engine(f"sqlite:///{tmp_path / 'empty.db'}")
+    app = create_app(tg_settings(tmp_path), engine=bare, background=False)
+    good = {"X-Telegram-Bot-Api-Secret-Token": "s3cret-Token_1"}
+    with caplog.at_level("DEBUG"), TestClient(app) as client:
+        resp = client.post("/webhooks/telegram", json=tg.text_update(10, 504, "bí mật 0912345678"), headers=good)
+    assert resp.status_code == 500
+    assert "could not store the update (OperationalError)" in caplog.text
+    assert "0912345678" not in caplog.text and "bí mật" not in caplog.text
+
+
+# --- the common shapes without PTB's objects: the same Inbound as through PTB --------------------------------
+
+_names = st.one_of(st.just("Lan"), st.just(""), st.text(max_size=12))
+_users = st.fixed_dictionaries(
+    {"id": st.integers(min_value=1, max_value=2**40), "is_bot": st.booleans(), "first_name": _names},
+    optional={"last_name": _names, "language_code": st.just("vi"), "username": st.text(max_size=8)},
+)
+_chat_types = st.sampled_from(["private", "private", "group", "supergroup", "channel"])
+_texts = st.one_of(st.text(max_size=30), st.sampled_from(
+    ["co", "có", "70%", "/start v_abc", "/HUY@hoctap_test_bot", "/ x", "a\x00b\x07c", "\tdòng\nhai", ""]))
+_datas = st.one_of(st.text(max_size=20), st.sampled_from(["yes", "no", "#" + "0" * 32, "opt:khong"]))
+_odd = st.sampled_from([None, 0, -1, "", "x", True, [], {}, [[]], 2**31])
+
+
+def _message_of(draw: st.DrawFn, chat_type: str, **fields: Any) -> dict[str, Any]:
+    message: dict[str, Any] = {
+        "message_id": draw(st.integers(min_value=1, max_value=2**31)),
+        "date": draw(st.sampled_from([0, 1_765_000_000])),
+        "chat": {"id": draw(st.integers(min_value=-(2**40), max_value=2**40)), "type": chat_type},
+        **fields,
+    }
+    if draw(st.booleans()):
+        message["from"] = draw(_users)
+    return message
+
+
+def _field_paths(node: Any, prefix: list[Any]) -> list[list[Any]]:
+    out: list[list[Any]] = []
+    children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, child in children:
+        if isinstance(node, dict):
+            out.append([*prefix, key])
+        out += _field_paths(child, [*prefix, key])
+    return out
+
+
+@st.composite
+def common_updates(draw: st.DrawFn) -> dict[str, Any]:
+    """Text messages and button presses as Telegram sends them, then maybe a field or two made odd."""
+    if draw(st.booleans()):
+        message = _message_of(draw, draw(_chat_types), text=draw(_texts))
+        message["date"] = max(message["date"], 1)
+        update: dict[str, Any] = {"update_id": 1, "message": message}
+    else:
+        query: dict[str, Any] = {"id": draw(st.text(min_size=1, max_size=8)), "from": draw(_users),
+                                 "chat_instance": "ci1", "data": draw(_datas)}
+        if draw(st.integers(min_value=0, max_value=4)):
+            buttons = draw(st.lists(st.lists(st.fixed_dictionaries(
+                {"text": _texts}, optional={"callback_data": _datas, "url": st.just("https://t.me/x")}),
+                min_size=1, max_size=3), max_size=3))
+            fields = {"text": "…"} | ({"reply_markup": {"inline_keyboard": buttons}} if buttons else {})
+            query["message"] = _message_of(draw, draw(_chat_types), **fields)
+        update = {"update_id": 1, "callback_query": query}
+    for _ in range(draw(st.integers(min_value=0, max_value=2))):
+        # one field anywhere replaced or removed
+        paths = _field_paths(update, [])
+        paths = [p for p in paths if p != ["update_id"]]
+        if not paths:
+            break
+        path = draw(st.sampled_from(paths))
+        parent = update
+        for step in path[:-1]:
+            parent = parent[step]
+        if draw(st.booleans()) and isinstance(parent, dict):
+            del parent[path[-1]]
+        else:
+            parent[path[-1]] = draw(_odd)
+    return update
+
+
+def test_common_shapes_read_without_ptb_equal_the_ptb_path(engine, tmp_path, fake) -> None:
+    """bot.telegram reads text messages and button presses straight from the JSON; for every update the
+    readers accept and PTB can build, PTB's path gives the same Inbound, and both answer the button's spinner
+    alike; everything else goes through PTB."""
+    from bot import telegram as tgmod
+
+    loop = asyncio.new_event_loop()
+    channel = TelegramChannel(settings=tg_settings(tmp_path, fake), engine=engine)
+    loop.run_until_complete(channel.initialize())
+    seen = {"fast": 0, "ptb only": 0, "lenient": 0, "n": 0}
+
+    async def both(update: dict[str, Any]) -> None:
+        seen["n"] += 1
+        query = update.get("callback_query")
+        if isinstance(query, dict) and isinstance(query.get("id"), str):
+            query["id"] = f"{seen['n']}:{query['id']}"  # this example's answers, not a late one of the last
+        fast = tgmod._plain_text(update) is not None or tgmod._plain_callback(update) is not None
+        before = len(fake.calls_of("answerCallbackQuery"))
+        try:
+            expected: Inbound | str = await channel.normalise_ptb(copy.deepcopy(update))
+        except Exception as exc:  # noqa: BLE001 - PTB refuses the shape: so must the fast readers
+            expected = type(exc).__name__
+        if not fast:
+            seen["ptb only"] += 1
+            return
+        seen["fast"] += 1
+        got = await channel.normalise(copy.deepcopy(update))
+        await asyncio.gather(*list(channel._answers))
+        want = [update["callback_query"]["id"]] * 2 if "callback_query" in update else []
+        for _ in range(100):  # the fake may record a call just after answering it
+            answered = [c.params["callback_query_id"] for c in fake.calls_of("answerCallbackQuery")[before:]
+                        if c.params["callback_query_id"] in want]
+            if len(answered) >= len(want):
+                break
+            await asyncio.sleep(0.01)
+        assert answered == want, update
+        if isinstance(expected, str):
+            # PTB refused a field the readers do not read (the message's own sender, say): Telegram sends no
+            # such update, and the readers take what they need of it
+            seen["lenient"] += 1
+            return
+        assert got == expected, update
+
+    @settings(max_examples=300, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+    @given(update=common_updates())
+    def check(update: dict[str, Any]) -> None:
+        loop.run_until_complete(both(update))
+
+    try:
+        check()
+    finally:
+        loop.run_until_complete(channel.shutdown())
+        loop.close()
+    assert seen["fast"] - seen["lenient"] >= 100 and seen["ptb only"] >= 20, seen

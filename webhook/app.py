@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.engine import Engine
+from starlette.types import Receive, Scope, Send
 
 from bot import zalo, zalo_oa
 from bot.runtime import Runtime
@@ -17,6 +18,27 @@ from models.settings import Settings, get_settings
 from webhook import api, review, simulator, telegram_routes, zalo_routes
 
 STATIC_DIR = Path(__file__).parent / "static"
+
+FastRoute = Callable[[FastAPI, Scope, Receive, Send], Awaitable[None]]
+# POST routes answered by a bare ASGI handler before FastAPI's middleware stack and router: the webhooks that
+# take every family's every answer at the campaign's peaks (see webhook/telegram_routes.py)
+FAST_POSTS: dict[str, FastRoute] = {telegram_routes.PATH: telegram_routes.telegram_webhook}
+
+
+class HoctapApp(FastAPI):
+    """FastAPI, with the routes of FAST_POSTS dispatched before its middleware and routing."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            path = scope["path"]
+            root = scope.get("root_path", "") or self.root_path
+            if root and path.startswith(root):  # mounted below a prefix (uvicorn --root-path)
+                path = path[len(root):]
+            handler = FAST_POSTS.get(path)
+            if handler is not None:
+                await handler(self, scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
 
 
 def create_app(
@@ -46,7 +68,7 @@ def create_app(
             if background:
                 await runtime.stop()
 
-    app = FastAPI(title="hoctap", version="0.1.0", lifespan=lifespan, docs_url="/docs")
+    app = HoctapApp(title="hoctap", version="0.1.0", lifespan=lifespan, docs_url="/docs")
     app.state.settings = settings
     app.state.engine = engine
     app.state.runtime = runtime
@@ -64,6 +86,6 @@ def create_app(
         }
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    for module in (telegram_routes, zalo_routes, simulator, review, api):
+    for module in (zalo_routes, simulator, review, api):
         app.include_router(module.router)
     return app

@@ -12,17 +12,15 @@ import logging
 import math
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
+from starlette.types import Receive, Scope, Send
 
 from bot.inbox import inbox_writer
 from bot.telegram import CHANNEL, chat_key, webhook_secret
 
 log = logging.getLogger("hoctap.webhook.telegram")
 
-router = APIRouter()
-
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+SECRET_HEADER_RAW = SECRET_HEADER.lower().encode()  # ASGI header names are lower-case bytes
 OK_BODY = b'{"ok":true}'  # what JSONResponse({"ok": True}) renders, without rendering it per update
 MAX_BODY = 1_000_000  # updates are a few kB; anything this large is not from Telegram
 
@@ -57,28 +55,85 @@ def parse_update(body: bytes) -> Any:
     return value
 
 
-@router.post("/webhooks/telegram", tags=["webhooks"], include_in_schema=False)
-async def telegram_webhook(request: Request) -> Response:
-    settings = request.app.state.settings
+PATH = "/webhooks/telegram"
+_JSON = [(b"content-type", b"application/json")]
+
+
+def _error(error: str) -> bytes:
+    return json.dumps({"ok": False, "error": error}, separators=(",", ":")).encode()
+
+
+async def _answer(send: Send, status: int, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [*_JSON, (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+TOO_LARGE = b"\x00too large"  # a sentinel, compared by identity
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    """The request body, None when the client went away, ``TOO_LARGE`` past MAX_BODY (stops reading)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY:
+            return TOO_LARGE
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def telegram_webhook(app: Any, scope: Scope, receive: Receive, send: Send) -> None:
+    """POST /webhooks/telegram as a bare ASGI handler, answered before FastAPI's middleware and routing.
+
+    This route takes every update of every family at the campaign's peaks; under FastAPI's stack (nine
+    layers of middleware, the router, dependency solving, a Request and a Response object) the framework cost
+    several times what the route itself does (bench/inbound.py, py-spy; docs/performance.md). Nothing here
+    needs the framework: one header, the body, one JSON answer. webhook/app.py (HoctapApp) dispatches here.
+    """
+    state = app.state
+    settings = state.settings
     if not settings.telegram_enabled:
-        return JSONResponse({"ok": False, "error": "telegram is off"}, status_code=404)
+        await _answer(send, 404, _error("telegram is off"))
+        return
     expected = webhook_secret(settings)
-    given = request.headers.get(SECRET_HEADER, "")
+    given = b""
+    for name, value in scope["headers"]:
+        if name == SECRET_HEADER_RAW:
+            given = value
+            break
     # constant time, and never accept an empty secret
-    if not expected or not hmac.compare_digest(given.encode(), expected.encode()):
-        return JSONResponse({"ok": False, "error": "bad secret"}, status_code=401)
-    body = await request.body()
-    if len(body) > MAX_BODY:
-        return JSONResponse({"ok": False, "error": "too large"}, status_code=413)
+    if not expected or not hmac.compare_digest(given, expected.encode()):
+        await _answer(send, 401, _error("bad secret"))
+        return
+    body = await _read_body(receive)
+    if body is None:
+        return  # the client is gone: nothing stored, Telegram sends it again
+    if body is TOO_LARGE:
+        await _answer(send, 413, _error("too large"))
+        return
     update = parse_update(body)
     if update is None:
-        return JSONResponse({"ok": False, "error": "not JSON"}, status_code=400)
+        await _answer(send, 400, _error("not JSON"))
+        return
     if not isinstance(update, dict) or type(update.get("update_id")) is not int:
-        return JSONResponse({"ok": False, "error": "no update_id"}, status_code=400)
+        await _answer(send, 400, _error("no update_id"))
+        return
     # committed before we answer (Telegram does not send it again after a 200); concurrent calls share the
     # INSERT and the commit
-    writer = inbox_writer(request.app.state.engine)
-    new = await writer.submit((CHANNEL, update["update_id"], chat_key(update), update))
+    writer = inbox_writer(state.engine)
+    try:
+        new = await writer.submit((CHANNEL, update["update_id"], chat_key(update), update))
+    except Exception as exc:  # noqa: BLE001 - the database is down or refused: Telegram retries on a 5xx
+        log.warning("telegram webhook: could not store the update (%s)", type(exc).__name__)
+        await _answer(send, 500, _error("not stored"))
+        return
     if new:
-        request.app.state.runtime.wake_inbox()
-    return Response(OK_BODY, media_type="application/json")
+        state.runtime.wake_inbox()
+    await _answer(send, 200, OK_BODY)
