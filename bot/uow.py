@@ -8,6 +8,7 @@ all). With ``idempotency_base`` (e.g. "telegram:update:123456"), a redelivered u
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 from datetime import datetime
@@ -25,7 +26,7 @@ from vietnam_provinces import Ward
 from bot import media
 from bot.login_links import create_login_link
 from bot.outbox import PRIORITY_REPLY, utcnow
-from bot.view_db import AssessmentRow, DbView, Preload
+from bot.view_db import AssessmentKey, AssessmentRow, DbView, Preload, load_assessments
 from flows import effects as fx
 from flows.effects import Subject
 from flows.engine import handle
@@ -244,7 +245,7 @@ def _load(session: Session, *, channel: str, user_id: str, base: str | None) -> 
 
 
 def load_many(session: Session, keys: list[tuple[str, str, str]]) -> dict[tuple[str, str], _Loaded]:
-    """PostgreSQL: what ``process_event`` reads first, for the chats of a batch in ONE statement: (channel,
+    """PostgreSQL: what ``process_event`` reads first, for the chats of a batch in two statements: (channel,
     user_id) → loaded, for each (channel, user_id, idempotency base) of ``keys`` whose chat identity exists
     (pass the result to process_event as ``preloaded``). One round trip for the batch instead of one per
     update; see bot.inbox for when a batch's loads stop being valid. A chat met twice in ``keys`` is loaded
@@ -258,7 +259,32 @@ def load_many(session: Session, keys: list[tuple[str, str, str]]) -> dict[tuple[
     grouped: dict[tuple[str, str], list[tuple[Any, ...]]] = {}
     for row in rows:
         grouped.setdefault((row[0], row[1]), []).append(row[2:])
-    return {key: _loaded(chat_rows, key[0], key[1]) for key, chat_rows in grouped.items()}
+    loads = {key: _loaded(chat_rows, key[0], key[1]) for key, chat_rows in grouped.items()}
+    # and the assessment each chat is answering, all in a second statement. One that two chats of the batch
+    # answer (a family member and the village leader) is read by neither: the second step must see the
+    # first's answer, so each reads it in its own step
+    wanted = {key: a for key, loaded in loads.items() if (a := _answering(loaded.state)) is not None}
+    counts: dict[AssessmentKey, int] = {}
+    for a in wanted.values():
+        counts[a] = counts.get(a, 0) + 1
+    read = load_assessments(session, sorted(a for a, n in counts.items() if n == 1))
+    for key, a in wanted.items():
+        if a in read:
+            loads[key].preload = dataclasses.replace(loads[key].preload, assessments={a: read[a]})
+    return loads
+
+
+def _answering(state: Any) -> AssessmentKey | None:
+    """The assessment a stored conversation state is in the middle of answering (flows.engine keeps it as
+    ``a`` in the data of its "assess" and "evidence" steps), or None."""
+    if not isinstance(state, dict) or not isinstance(state.get("data"), dict):
+        return None
+    a = state["data"].get("a")
+    try:
+        subject = Subject.parse(a["subject"])
+        return subject.kind, subject.id, str(a["title"]), int(a["year"])
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _loaded(rows: list[tuple[Any, ...]], channel: str, user_id: str) -> _Loaded:

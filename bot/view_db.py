@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import bindparam
+from sqlalchemy import Integer, String, and_, bindparam
 from sqlalchemy import select as core_select
+from sqlalchemy.dialects import postgresql
 from sqlmodel import Session, col, func, select
 
 from flows.answers import fold
@@ -67,6 +68,62 @@ def _assessment_statement(_dialect: Any) -> Any:
 # one statement for an assessment and its photos' criteria (one row per photo, or one without)
 _ASSESSMENT = Prepared(_assessment_statement)
 
+AssessmentKey = tuple[str, int, str, int]  # subject kind, subject id, title, year
+
+
+def _assessments_many_statement(_dialect: Any) -> Any:
+    """PostgreSQL: _ASSESSMENT for many (kind, subject id, title, year) at once, each row led by its key."""
+    a, e = Assessment.__table__, Evidence.__table__  # type: ignore[attr-defined]
+    keys = func.unnest(bindparam("kinds", type_=postgresql.ARRAY(String)),
+                       bindparam("ids", type_=postgresql.ARRAY(Integer)),
+                       bindparam("titles", type_=postgresql.ARRAY(String)),
+                       bindparam("years", type_=postgresql.ARRAY(Integer))).table_valued(
+        "kind", "subject_id", "title", "year").render_derived(name="k")
+    return (
+        core_select(keys.c.kind, keys.c.subject_id, keys.c.title, keys.c.year,
+                    a.c.id, a.c.status, a.c.answers, a.c.total, a.c.proxy, a.c.leader_note, e.c.criterion)
+        .select_from(keys.join(a, and_(a.c.subject_type == keys.c.kind, a.c.subject_id == keys.c.subject_id,
+                                       a.c.title == keys.c.title, a.c.year == keys.c.year))
+                     .outerjoin(e, e.c.assessment_id == a.c.id))
+        .order_by(e.c.id)
+    )
+
+
+_ASSESSMENTS_MANY = Prepared(_assessments_many_statement)
+
+
+def _assessment_of(rows: list[tuple[Any, ...]]) -> tuple[AssessmentInfo, AssessmentRow]:
+    """An assessment's rows of _ASSESSMENT (one per photo, or one without) → what DbView keeps of it; the
+    returned file's note is left to the caller (it needs another read)."""
+    row_id, status, answers, total, proxy, leader_note, _criterion = rows[0]
+    counts: dict[str, int] = {}
+    for *_columns, criterion in rows:
+        if criterion is not None:
+            counts[criterion] = counts.get(criterion, 0) + 1
+    info = AssessmentInfo(status, dict(answers or {}), counts, "", total, proxy, leader_note or "")
+    return info, AssessmentRow(row_id, status, answers or {})
+
+
+def load_assessments(session: Session, keys: list[AssessmentKey]) -> dict[AssessmentKey, Any]:
+    """PostgreSQL: what DbView.assessment reads, for many assessments in ONE statement: key → (info, row),
+    or (an empty AssessmentInfo, None) where there is no such assessment yet. A returned file is left out
+    (its note takes another read: DbView reads it itself). Hand the result to bot.uow as Preload.assessments."""
+    if not keys:
+        return {}
+    grouped: dict[AssessmentKey, list[tuple[Any, ...]]] = {}
+    for kind, subject_id, title, year, *rest in _ASSESSMENTS_MANY.rows(session, {
+            "kinds": [k[0] for k in keys], "ids": [k[1] for k in keys], "titles": [k[2] for k in keys],
+            "years": [k[3] for k in keys]}):
+        grouped.setdefault((kind, subject_id, title, year), []).append(tuple(rest))
+    out: dict[AssessmentKey, Any] = {}
+    for key in keys:
+        rows = grouped.get(key)
+        if rows is None:
+            out[key] = (AssessmentInfo(), None)
+        elif rows[0][1] != "returned":
+            out[key] = _assessment_of(rows)
+    return out
+
 
 @dataclass(frozen=True)
 class Preload:
@@ -74,6 +131,8 @@ class Preload:
 
     me: PersonInfo | None
     local: tuple[str, ...] = ()
+    # assessments read ahead (bot.uow.load_many on PostgreSQL: see load_assessments), as DbView would read them
+    assessments: dict[AssessmentKey, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -104,6 +163,11 @@ class DbView:
         self._criteria_sets: dict[str, CriteriaSet] | None = None
         self._assessments: dict[tuple[str, int, str, int], AssessmentInfo] = {}
         self.assessment_rows: dict[tuple[str, int, str, int], AssessmentRow] = {}
+        if preload is not None:
+            for key, (info, row) in preload.assessments.items():
+                self._assessments[key] = info
+                if row is not None:
+                    self.assessment_rows[key] = row
 
     # ------------------------------------------------------------------ people
     def person(self) -> Person | None:
@@ -222,20 +286,15 @@ class DbView:
                                                "year": year})
         if not rows:
             return AssessmentInfo()
-        row_id, status, answers, total, proxy, leader_note, _criterion = rows[0]
-        counts: dict[str, int] = {}
-        for *_columns, criterion in rows:
-            if criterion is not None:
-                counts[criterion] = counts.get(criterion, 0) + 1
-        self.assessment_rows[(subject.kind, subject.id, title, year)] = AssessmentRow(row_id, status, answers or {})
-        note = ""
-        if status == "returned":
+        info, row = _assessment_of(rows)
+        self.assessment_rows[(subject.kind, subject.id, title, year)] = row
+        if info.status == "returned":
             decision = self.session.exec(
-                select(ReviewDecision).where(ReviewDecision.assessment_id == row_id, ReviewDecision.decision == "return")
+                select(ReviewDecision).where(ReviewDecision.assessment_id == row.id, ReviewDecision.decision == "return")
                 .order_by(col(ReviewDecision.id).desc())
             ).first()
-            note = decision.reason if decision else ""
-        return AssessmentInfo(status, dict(answers or {}), counts, note, total, proxy, leader_note or "")
+            info = replace(info, note=decision.reason if decision else "")
+        return info
 
     def _recognised_share(self, household_ids: list[int], year: int) -> float | None:
         if not household_ids:

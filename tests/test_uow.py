@@ -422,3 +422,66 @@ def test_batch_load_reads_what_the_single_load_reads(session: Session) -> None:
     assert many[("telegram", "2002")].processed and not many[("telegram", "2001")].processed
     # a chat met twice is loaded for its first key: 2001 with the new base, not the processed one
     assert _load(session, channel="telegram", user_id="2001", base="telegram:2001:1").processed  # type: ignore[union-attr]
+
+
+def test_batch_load_reads_ahead_the_assessment_being_answered(session: Session) -> None:
+    """On PostgreSQL load_many also reads, in one more statement for the whole batch, the assessment each chat
+    is answering: the same answers, photo counts, status and row DbView would read in the step. Not for a
+    returned file (its note takes another read) nor for one that two chats of the batch answer."""
+    import dataclasses
+
+    import pytest
+
+    from bot.uow import _load, load_many
+    from bot.view_db import DbView
+    from flows.effects import Subject
+
+    if session.get_bind().dialect.name != "postgresql":
+        pytest.skip("load_many is PostgreSQL's (unnest of arrays)")
+    _seed(session)
+    chat = Chat(session, "3001")
+    _signup(chat)
+    chat.press("Đăng ký")
+    chat.press("Tự đánh giá")
+    chat.text("co")
+    chat.text("có")
+    assessment = session.exec(select(Assessment)).one()
+    session.add(Evidence(assessment_id=assessment.id, criterion="c1", sha256="a" * 64))
+    session.add(Evidence(assessment_id=assessment.id, criterion="c1", sha256="b" * 64))
+    session.commit()
+    key = (assessment.subject_type, assessment.subject_id, assessment.title, assessment.year)
+
+    def fresh() -> tuple[Any, Any]:
+        single = _load(session, channel="telegram", user_id="3001", base="telegram:3001:x")
+        assert single is not None and single.state["data"]["a"]["title"] == "gia_dinh"
+        view = DbView(session, single.identity, preload=single.preload)
+        info = view.assessment(Subject(key[0], key[1]), key[2], key[3])
+        return info, view.assessment_rows[key]
+
+    loaded = load_many(session, [("telegram", "3001", "telegram:3001:x")])[("telegram", "3001")]
+    info, row = loaded.preload.assessments[key]
+    assert (info, dataclasses.astuple(row)) == (fresh()[0], dataclasses.astuple(fresh()[1]))
+    assert info.evidence == {"c1": 2} and len(info.answers) == 2 and info.status == "draft"
+    ahead = DbView(session, loaded.identity, preload=loaded.preload)  # the step's view takes it, no read
+    assert ahead.assessment(Subject(key[0], key[1]), key[2], key[3]) is info and ahead.assessment_rows[key] is row
+    # the rest of the load is as before
+    single = _load(session, channel="telegram", user_id="3001", base="telegram:3001:x")
+    assert dataclasses.replace(loaded.preload, assessments={}) == single.preload  # type: ignore[union-attr]
+
+    # a second chat answering the same assessment in the same batch: read in each step, not ahead
+    other = Chat(session, "3002")
+    other.send(Event("command", text="start"))
+    identity = session.exec(select(ChatIdentity).where(ChatIdentity.user_id == "3002")).one()
+    conversation = session.exec(select(Conversation).where(Conversation.identity_id == identity.id)).one()
+    conversation.state = dict(single.state)  # type: ignore[union-attr]
+    session.add(conversation)
+    session.commit()
+    both = load_many(session, [("telegram", "3001", "telegram:3001:y"), ("telegram", "3002", "telegram:3002:y")])
+    assert [both[k].preload.assessments for k in sorted(both)] == [{}, {}]
+
+    # a returned file: left to DbView, which also reads the commune's reason
+    assessment.status = "returned"
+    session.add(assessment)
+    session.commit()
+    again = load_many(session, [("telegram", "3001", "telegram:3001:z")])[("telegram", "3001")]
+    assert again.preload.assessments == {}
