@@ -9,12 +9,14 @@ all). With ``idempotency_base`` (e.g. "telegram:update:123456"), a redelivered u
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import logging
 import secrets
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, String, and_, bindparam, cast, func, insert, update
+from sqlalchemy import JSON, Integer, String, Text, and_, bindparam, case, cast, func, insert, true, update
 from sqlalchemy import select as core_select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSONB
@@ -91,10 +93,14 @@ def process_event(session: Session, *, channel: str, chat_id: str, event: Event,
                                                                loaded.unreachable, loaded.preload)
     state = ConversationState.from_json(stored_state)
     view = DbView(session, identity, settings, preload=preload)
+    # PostgreSQL: answers are staged for the batch (one UPDATE) and written before anything reads them
+    staged = deferred if deferred is not None and session.get_bind().dialect.name == "postgresql" else None
+    if staged is not None:
+        view.before_read = functools.partial(staged.flush_answers, session)
     step = handle(state, event, view, now)
 
     applier = _Applier(session, identity, now, settings, view=view,
-                       fast=all(type(e) is fx.SaveAnswer for e in step.effects))
+                       fast=all(type(e) is fx.SaveAnswer for e in step.effects), deferred=staged)
     if deferred is not None and (loaded is None or not applier.fast):
         deferred.others_changed = True  # rows that other chats' loads read may have changed (see load_many)
     base = idempotency_base or f"{channel}:{chat_id}:{secrets.token_hex(8)}"
@@ -148,9 +154,38 @@ class Deferred:
         # another chat's process_event reads first (a person, roles, households), so loads made before it
         # for the rest of the batch (load_many) are not to be used
         self.others_changed = False
+        # PostgreSQL: answers saved by the batch's steps, assessment id → merged delta, answered_by, proxy_by;
+        # written by flush_answers before anything reads an assessment again (DbView, _Applier._assessment)
+        self.answers: dict[int, dict[str, Any]] = {}
+        self.now: datetime | None = None  # the steps' time, for the answers' updated_at
+
+    def save_answer(self, assessment_id: int, criterion: str, value: Any, answered_by: int | None,
+                    proxy_by: int | None, now: datetime) -> None:
+        """Stage what _SAVE_ANSWERS(_PROXY) would do; two saves to one assessment merge as two UPDATEs would."""
+        self.now = now
+        staged = self.answers.setdefault(assessment_id, {"delta": {}, "answered_by": None, "proxy_by": None})
+        staged["delta"][criterion] = value
+        staged["answered_by"] = answered_by
+        if proxy_by is not None:
+            staged["proxy_by"] = proxy_by
+
+    def flush_answers(self, session: Session) -> None:
+        """Write the staged answers: ONE UPDATE for all the batch's assessments."""
+        if not self.answers:
+            return
+        ids = list(self.answers)
+        staged = [self.answers[i] for i in ids]
+        _SAVE_ANSWERS_MANY.rows(session, {
+            "ids": ids, "deltas": [json.dumps(a["delta"], ensure_ascii=False) for a in staged],
+            "answered_by": [a["answered_by"] for a in staged], "proxy_by": [a["proxy_by"] for a in staged],
+            "now": self.now or utcnow()})
+        for assessment_id in ids:
+            _expire(session, Assessment, assessment_id)
+        self.answers = {}
 
     def write(self, session: Session) -> None:
         """Write and forget what was staged (one executemany per table)."""
+        self.flush_answers(session)
         _SAVE_STATE.many(session, self.states)
         _ENQUEUE.many(session, self.replies)
         _AUDIT.many(session, self.audits)
@@ -340,6 +375,25 @@ _SAVE_ANSWERS_PROXY = Prepared(lambda d: update(_table(Assessment))
                                .values(answers=_answers_value(d), answered_by=bindparam("answered_by"),
                                        updated_at=bindparam("now"), proposal=None, proxy=True,
                                        proxy_by=bindparam("proxy_by")))
+
+
+def _save_answers_many_statement(_dialect: Any) -> Any:
+    """PostgreSQL: _SAVE_ANSWERS / _SAVE_ANSWERS_PROXY for many assessments in one UPDATE … FROM unnest: each
+    row's delta merged into the answers as they are at the UPDATE; proxy set where a proxy_by is given."""
+    a = _table(Assessment)
+    d = func.unnest(bindparam("ids", type_=postgresql.ARRAY(Integer)),
+                    bindparam("deltas", type_=postgresql.ARRAY(Text)),
+                    bindparam("answered_by", type_=postgresql.ARRAY(Integer)),
+                    bindparam("proxy_by", type_=postgresql.ARRAY(Integer))).table_valued(
+        "id", "delta", "answered_by", "proxy_by").render_derived(name="d")
+    return (update(a).where(a.c.id == d.c.id)
+            .values(answers=cast(cast(a.c.answers, JSONB).op("||")(cast(d.c.delta, JSONB)), JSON),
+                    answered_by=d.c.answered_by, updated_at=bindparam("now"), proposal=None,
+                    proxy=case((d.c.proxy_by.is_(None), a.c.proxy), else_=true()),
+                    proxy_by=func.coalesce(d.c.proxy_by, a.c.proxy_by)))
+
+
+_SAVE_ANSWERS_MANY = Prepared(_save_answers_many_statement)
 _OUTBOX_COLUMNS = ("idempotency_key", "channel", "chat_id", "person_id", "payload", "priority", "status", "campaign",
                    "attempts", "not_before", "created_at")
 
@@ -413,7 +467,8 @@ class _Applier:
     """Turns effects into rows. Remembers rows created earlier in the same step (person, village)."""
 
     def __init__(self, session: Session, identity: _Identity, now: datetime, settings: Any = None, *,
-                 view: DbView | None = None, fast: bool = False) -> None:
+                 view: DbView | None = None, fast: bool = False, deferred: Deferred | None = None) -> None:
+        self.deferred = deferred  # PostgreSQL: fast answer saves are staged there (Deferred.save_answer)
         self.settings = settings
         self.session = session
         self.identity = identity
@@ -550,6 +605,8 @@ class _Applier:
             self.session.add(row)
 
     def _assessment(self, subject: Subject, title: str, year: int) -> Assessment:
+        if self.deferred is not None:
+            self.deferred.flush_answers(self.session)  # the row as the batch's earlier steps left it
         row = self.session.exec(
             select(Assessment).where(Assessment.subject_type == subject.kind, Assessment.subject_id == subject.id,
                                      Assessment.title == title, Assessment.year == year)
@@ -590,6 +647,9 @@ class _Applier:
             log.warning("answer to a locked assessment %s ignored", row.id)
             return
         row.answers = {**row.answers, e.criterion: e.value}
+        if self.deferred is not None:
+            self.deferred.save_answer(row.id, e.criterion, e.value, self.person_id, e.proxy_by, self.now)
+            return
         params = {"b_id": row.id, "answers": row.answers, "delta": {e.criterion: e.value},
                   "answered_by": self.person_id, "now": self.now}
         if e.proxy_by is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from functools import lru_cache
@@ -163,6 +164,8 @@ class DbView:
         self._criteria_sets: dict[str, CriteriaSet] | None = None
         self._assessments: dict[tuple[str, int, str, int], AssessmentInfo] = {}
         self.assessment_rows: dict[tuple[str, int, str, int], AssessmentRow] = {}
+        # called before an assessment is read from the database (bot.uow: writes the batch's staged answers)
+        self.before_read: Callable[[], None] | None = None
         if preload is not None:
             for key, (info, row) in preload.assessments.items():
                 self._assessments[key] = info
@@ -268,6 +271,8 @@ class DbView:
         return date(year, 3, 31)
 
     def _assessment_row(self, subject: Subject, title: str, year: int) -> Assessment | None:
+        if self.before_read is not None:
+            self.before_read()
         return self.session.exec(
             select(Assessment).where(
                 Assessment.subject_type == subject.kind, Assessment.subject_id == subject.id,
@@ -282,6 +287,8 @@ class DbView:
         return self._assessments[key]
 
     def _load_assessment(self, subject: Subject, title: str, year: int) -> AssessmentInfo:
+        if self.before_read is not None:
+            self.before_read()
         rows = _ASSESSMENT.rows(self.session, {"kind": subject.kind, "subject_id": subject.id, "title": title,
                                                "year": year})
         if not rows:

@@ -69,7 +69,7 @@ def _count(session: Session, model: Any) -> int:
     return session.exec(select(func.count()).select_from(model)).one()
 
 
-def _signup(chat: Chat, name: str = "Nguyễn Văn An") -> None:
+def _signup(chat: Chat, name: str = "Nguyễn Văn An", phone: str = "0912 345 678") -> None:
     chat.send(Event("command", text="start"))
     chat.press("Chủ hộ gia đình")
     chat.text("gia loc")
@@ -77,7 +77,7 @@ def _signup(chat: Chat, name: str = "Nguyễn Văn An") -> None:
     chat.press("Thôn Đông")
     chat.text(name)
     chat.text("4")
-    chat.send(Event("contact", text="0912 345 678"))
+    chat.send(Event("contact", text=phone))
     chat.press("Đồng ý")
 
 
@@ -485,3 +485,57 @@ def test_batch_load_reads_ahead_the_assessment_being_answered(session: Session) 
     session.commit()
     again = load_many(session, [("telegram", "3001", "telegram:3001:z")])[("telegram", "3001")]
     assert again.preload.assessments == {}
+
+
+def test_staged_answers_equal_answers_saved_one_by_one(session: Session) -> None:
+    """On PostgreSQL the inbox stages a batch's answers (bot.uow.Deferred) and writes them in one UPDATE,
+    before anything reads an assessment again. Two chats answering one assessment in one batch (here a
+    second phone on the same question) leave the same row as the same steps saved one by one."""
+    import pytest
+
+    from bot.uow import Deferred, load_many
+
+    if session.get_bind().dialect.name != "postgresql":
+        pytest.skip("answers are staged on PostgreSQL only")
+    _seed(session)
+    results = []
+    for n, name, deferred in ((1, "Trần Văn Một", None), (2, "Trần Văn Hai", Deferred())):
+        first, second = Chat(session, f"40{n}1"), Chat(session, f"40{n}2")
+        _signup(first, name, f"0912 345 67{n}")
+        first.press("Đăng ký")
+        first.press("Tự đánh giá")
+        first.text("co")
+        second.send(Event("command", text="start"))
+        ids = {c.chat_id: session.exec(select(ChatIdentity).where(ChatIdentity.user_id == c.chat_id)).one().id
+               for c in (first, second)}
+        states = {i: session.exec(select(Conversation).where(Conversation.identity_id == i)).one() for i in ids.values()}
+        states[ids[second.chat_id]].state = dict(states[ids[first.chat_id]].state)
+        session.add(states[ids[second.chat_id]])
+        session.commit()
+        said = []
+        # the first chat's step as the inbox runs it on PostgreSQL: read ahead, its answer staged
+        ahead = load_many(session, [("telegram", first.chat_id, f"batch:{first.chat_id}")]) if deferred else {}
+        for chat, text in ((first, "có"), (second, "không")):  # one batch: no commit in between
+            said.append(process_event(session, channel="telegram", chat_id=chat.chat_id, event=Event("text", text=text),
+                                      now=NOW, idempotency_base=f"batch:{chat.chat_id}", deferred=deferred,
+                                      preloaded=ahead.get(("telegram", chat.chat_id))))
+            if deferred is not None and chat is first:
+                assert len(deferred.answers) == 1  # staged, not written
+        if deferred is not None:
+            # the second step's read wrote the first's answer; its own waits for the batch's end
+            [(assessment_id, staged)] = deferred.answers.items()
+            criterion = list(results[0][0])[-1]
+            assert staged["delta"] == {criterion: results[0][0][criterion]}
+            written = session.connection().execute(
+                select(Assessment.answers).where(Assessment.id == assessment_id)).scalar_one()
+            assert written[criterion] != staged["delta"][criterion]  # the first chat's answer, in the row
+            deferred.write(session)
+        session.commit()
+        person = session.exec(select(Person).where(Person.name == name)).one()
+        household = session.exec(select(Household).where(Household.head_person_id == person.id)).one()
+        row = session.exec(select(Assessment).where(Assessment.subject_id == household.id)).one()
+        session.refresh(row)
+        results.append((row.answers, row.answered_by, row.proxy, row.proxy_by, row.status,
+                        [[s.text for s in out] for out in said]))
+    assert results[0] == results[1]
+    assert len(results[0][0]) == 2  # question 1 by the first chat, question 2 by both: the second's value
