@@ -557,13 +557,21 @@ class InboxWorker:
                 session.flush()
                 if deferred is not None:
                     deferred.write(session)
-                session.connection().execute(
-                    update(table)
-                    .where(table.c.id == bindparam("b_id"))
-                    .values(status=bindparam("b_status"), processed_at=now, attempts=table.c.attempts + 1,
-                            error=None),
-                    marks,
-                )
+                if postgres and len(marks) > 1:  # one statement for the batch's marks (ids are unique)
+                    session.connection().execute(text(
+                        "UPDATE inboxupdate AS t SET status = v.status, processed_at = :now,"
+                        " attempts = t.attempts + 1, error = NULL"
+                        " FROM unnest(CAST(:ids AS integer[]), CAST(:statuses AS text[])) AS v(id, status)"
+                        " WHERE t.id = v.id"),
+                        {"ids": [m["b_id"] for m in marks], "statuses": [m["b_status"] for m in marks], "now": now})
+                else:
+                    session.connection().execute(
+                        update(table)
+                        .where(table.c.id == bindparam("b_id"))
+                        .values(status=bindparam("b_status"), processed_at=now, attempts=table.c.attempts + 1,
+                                error=None),
+                        marks,
+                    )
             session.commit()
             if todo:
                 self._row_seconds = 0.7 * self._row_seconds + 0.3 * (time.perf_counter() - started) / len(todo)

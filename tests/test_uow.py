@@ -539,3 +539,40 @@ def test_staged_answers_equal_answers_saved_one_by_one(session: Session) -> None
                         [[s.text for s in out] for out in said]))
     assert results[0] == results[1]
     assert len(results[0][0]) == 2  # question 1 by the first chat, question 2 by both: the second's value
+
+
+def test_bulk_statements_write_what_one_by_one_would(session: Session) -> None:
+    """bot.uow.bulk_insert / bulk_update (PostgreSQL: one statement through unnest for a batch's rows): rows
+    in order, JSON kept, a conflicting key skipped, NULLs kept; one row named twice is updated in order."""
+    import pytest
+
+    from bot.uow import bulk_insert, bulk_update
+
+    if session.get_bind().dialect.name != "postgresql":
+        pytest.skip("PostgreSQL's arrays")
+    columns = ("idempotency_key", "channel", "chat_id", "person_id", "payload", "priority", "status", "campaign",
+               "attempts", "not_before", "created_at")
+    rows = [{"idempotency_key": f"k{n}", "channel": "telegram", "chat_id": "1", "person_id": None,
+             "payload": {"text": f"Câu {n} ✓", "buttons": [{"label": "Có", "value": "yes"}]}, "priority": 0,
+             "status": "queued", "campaign": None, "attempts": 0, "not_before": NOW, "created_at": NOW}
+            for n in (3, 1, 2)]
+    bulk_insert(session, OutboxMessage.__table__, rows[:1], columns, conflict="idempotency_key")  # type: ignore[attr-defined]
+    bulk_insert(session, OutboxMessage.__table__, rows, columns, conflict="idempotency_key")  # type: ignore[attr-defined]
+    session.commit()
+    stored = session.exec(select(OutboxMessage).order_by(OutboxMessage.id)).all()  # type: ignore[arg-type]
+    assert [(m.idempotency_key, m.payload, m.person_id, m.not_before) for m in stored] == [
+        (r["idempotency_key"], r["payload"], None, NOW) for r in rows]
+
+    ensure_commune(session, 10999)
+    identity = ChatIdentity(channel="telegram", user_id="77", chat_id="77")
+    session.add(identity)
+    session.commit()
+    conversation = Conversation(identity_id=identity.id, state={})
+    session.add(conversation)
+    session.commit()
+    states = [{"b_id": conversation.id, "state": {"step": s}, "now": NOW} for s in ("a", "b")]
+    bulk_update(session, Conversation.__table__, states, key="b_id", columns=("state", "updated_at"),  # type: ignore[attr-defined]
+                names={"updated_at": "now"})
+    session.commit()
+    session.refresh(conversation)
+    assert conversation.state == {"step": "b"} and conversation.updated_at == NOW
