@@ -461,14 +461,24 @@ def wait_drained(url: str, limit: float) -> float:
 def purge(url: str) -> None:
     """Drop a backlog left by a phase (rows marked ignored/failed) so that the next phase starts clean."""
     from sqlalchemy import text
+    from sqlalchemy.exc import OperationalError
 
     from models.db import make_engine
 
     engine = make_engine(url)
     try:
-        with engine.begin() as conn:
-            conn.execute(text("UPDATE inboxupdate SET status = 'ignored' WHERE status = 'pending'"))
-            conn.execute(text("UPDATE outboxmessage SET status = 'failed' WHERE status IN ('queued', 'sending')"))
+        for attempt in range(5):
+            # the app's workers are still running: on PostgreSQL this UPDATE of every pending row can meet a
+            # batch that holds some of them (a deadlock, this statement the victim): then again
+            try:
+                with engine.begin() as conn:
+                    conn.execute(text("UPDATE inboxupdate SET status = 'ignored' WHERE status = 'pending'"))
+                    conn.execute(text("UPDATE outboxmessage SET status = 'failed' WHERE status IN ('queued', 'sending')"))
+                break
+            except OperationalError:
+                if attempt == 4:
+                    raise
+                time.sleep(1.0)
     finally:
         engine.dispose()
     time.sleep(1.0)

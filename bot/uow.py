@@ -190,7 +190,7 @@ class Deferred:
         ids = list(self.answers)
         staged = [self.answers[i] for i in ids]
         _SAVE_ANSWERS_MANY.rows(session, {
-            "ids": ids, "deltas": [json.dumps(a["delta"], ensure_ascii=False) for a in staged],
+            "ids": ids, "deltas": [json.dumps(a["delta"]) for a in staged],
             "answered_by": [a["answered_by"] for a in staged], "proxy_by": [a["proxy_by"] for a in staged],
             "now": self.now or utcnow()})
         for assessment_id in ids:
