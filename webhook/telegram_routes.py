@@ -94,7 +94,7 @@ async def telegram_webhook(app: Any, scope: Scope, receive: Receive, send: Send)
 
     This route takes every update of every family at the campaign's peaks; under FastAPI's stack (nine
     layers of middleware, the router, dependency solving, a Request and a Response object) the framework cost
-    several times what the route itself does (bench/inbound.py, py-spy; docs/performance.md). Nothing here
+    about twice what the route itself does (bench/inbound.py, py-spy; docs/performance.md). Nothing here
     needs the framework: one header, the body, one JSON answer. webhook/app.py (HoctapApp) dispatches here.
     """
     state = app.state
