@@ -384,8 +384,12 @@ def _answers_value(dialect: Any) -> Any:
     answers read in the step are current and are written whole."""
     if dialect.name != "postgresql":
         return bindparam("answers", type_=JSON)
-    column = _table(Assessment).c.answers
-    return cast(cast(column, JSONB).op("||")(cast(bindparam("delta", type_=JSON), JSONB)), JSON)
+    return _merged_answers(bindparam("delta", type_=JSON))
+
+
+def _merged_answers(delta: Any) -> Any:
+    """PostgreSQL: the assessment's answers as they are at the UPDATE, with ``delta`` (JSON) merged in."""
+    return cast(cast(_table(Assessment).c.answers, JSONB).op("||")(cast(delta, JSONB)), JSON)
 
 
 _SAVE_ANSWERS = Prepared(lambda d: update(_table(Assessment)).where(_table(Assessment).c.id == bindparam("b_id"))
@@ -458,7 +462,7 @@ def _save_answers_many_statement(_dialect: Any) -> Any:
                     bindparam("proxy_by", type_=postgresql.ARRAY(Integer))).table_valued(
         "id", "delta", "answered_by", "proxy_by").render_derived(name="d")
     return (update(a).where(a.c.id == d.c.id)
-            .values(answers=cast(cast(a.c.answers, JSONB).op("||")(cast(d.c.delta, JSONB)), JSON),
+            .values(answers=_merged_answers(d.c.delta),
                     answered_by=d.c.answered_by, updated_at=bindparam("now"), proposal=None,
                     proxy=case((d.c.proxy_by.is_(None), a.c.proxy), else_=true()),
                     proxy_by=func.coalesce(d.c.proxy_by, a.c.proxy_by)))
