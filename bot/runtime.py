@@ -32,6 +32,7 @@ class _ExtraChannel:
     transport: Transport | None
     ordered_ids: bool
     rate_per_second: float | None
+    close: Callable[[], Awaitable[None]] | None
 
 
 @dataclass
@@ -57,9 +58,11 @@ class Runtime:
         transport: Transport | None = None,
         ordered_ids: bool = False,
         rate_per_second: float | None = None,
+        close: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
-        """Register another channel's normaliser (and sender transport) before start()."""
-        self.extra[name] = _ExtraChannel(normalise, transport, ordered_ids, rate_per_second)
+        """Register another channel's normaliser (and sender transport) before start(); ``close`` (its HTTP
+        clients) is awaited at the end of stop(), whichever parts this process ran."""
+        self.extra[name] = _ExtraChannel(normalise, transport, ordered_ids, rate_per_second, close)
 
     def add_background(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
         """A long-running coroutine (a channel's polling loop, a token refresher) started by start() and
@@ -165,6 +168,14 @@ class Runtime:
         if self.telegram is not None:
             await self.telegram.shutdown()
             self.telegram = None
+        # after the senders and the inbox worker: a process of the "outbox" part (bot/worker.py) uses a
+        # channel's transport without running its background work, so closing there was missed
+        for name, extra in self.extra.items():
+            if extra.close is not None:
+                try:
+                    await extra.close()
+                except Exception as exc:  # noqa: BLE001 - closing is best effort; the others still close
+                    log.warning("channel %s: close failed (%s)", name, type(exc).__name__)
 
 
 async def _guarded(name: str, run: Callable[[], Awaitable[None]]) -> None:

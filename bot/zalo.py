@@ -763,29 +763,18 @@ def register(runtime: Any) -> ZaloChannel | None:
         return None
     channel = ZaloChannel(settings=settings, engine=runtime.engine)
     runtime.add_channel(CHANNEL, normalise=channel.normalise, transport=channel.transport,
-                        rate_per_second=RATE_PER_SECOND)
-    runtime.add_background(CHANNEL, background(runtime, CHANNEL, lambda: channel.run(on_stored=runtime.wake_inbox),
-                                               channel.aclose))
+                        rate_per_second=RATE_PER_SECOND, close=channel.aclose)
+    runtime.add_background(CHANNEL, background(lambda: channel.run(on_stored=runtime.wake_inbox)))
     return channel
 
 
-def background(
-    runtime: Any, name: str, run: Callable[[], Awaitable[None]], close: Callable[[], Awaitable[None]]
-) -> Callable[[], Awaitable[None]]:
-    """A background coroutine for Runtime.add_background: ``run()``, then stay until the runtime stops;
-    on stop, let the channel's sender and the inbox worker finish what is in flight, then ``close()``."""
+def background(run: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+    """A background coroutine for Runtime.add_background: ``run()`` (webhook setup, or polling until the
+    runtime stops), then stay until the runtime stops. The runtime closes the channel at the end of its
+    stop(), after the sender and the inbox worker finished what was in flight (``add_channel(close=…)``)."""
 
     async def task() -> None:
-        await asyncio.sleep(0)  # Runtime.start() creates the worker and sender tasks right after ours
-        others = [t for t in runtime.tasks if t.get_name() in (f"outbox-{name}", "inbox")]
-        try:
-            await run()
-            await asyncio.Event().wait()
-        finally:
-            pending = {t for t in others if not t.done()}
-            if pending:
-                with contextlib.suppress(BaseException):
-                    await asyncio.wait(pending, timeout=10.0)
-            await close()
+        await run()
+        await asyncio.Event().wait()
 
     return task

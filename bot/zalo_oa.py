@@ -456,6 +456,6 @@ def register(runtime: Any) -> ZaloOAChannel | None:
         return None
     channel = ZaloOAChannel(settings=settings, engine=runtime.engine)
     runtime.add_channel(CHANNEL, normalise=channel.normalise, transport=channel.transport,
-                        rate_per_second=RATE_PER_SECOND)
-    runtime.add_background(CHANNEL, background(runtime, CHANNEL, channel.run, channel.aclose))
+                        rate_per_second=RATE_PER_SECOND, close=channel.aclose)
+    runtime.add_background(CHANNEL, background(channel.run))
     return channel

@@ -522,6 +522,26 @@ def test_register_adds_the_channel_only_with_a_token(engine, tmp_path) -> None:
     assert zalo.register(off) is None and off.extra == {}
 
 
+@pytest.mark.parametrize("parts", [("outbox",), ("inbox",), ("inbox", "outbox")])
+def test_the_runtime_closes_the_channel_whichever_parts_it_ran(engine, tmp_path, parts) -> None:
+    """A worker process of the "outbox" part (WORKER_PROCESSES=2) sends through the channel's transport
+    without running its background work; its stop() closes the channel's HTTP clients all the same."""
+    from bot.runtime import Runtime
+
+    runtime = Runtime(settings=zsettings(tmp_path, zalo_api_base_url="http://127.0.0.1:9"), engine=engine)
+    channel = zalo.register(runtime)
+    assert channel is not None
+
+    async def go() -> None:
+        await runtime.start(parts)
+        await asyncio.sleep(0.05)
+        assert not channel.http.is_closed and not channel.client.http.is_closed
+        await runtime.stop()
+
+    asyncio.run(go())
+    assert channel.http.is_closed and channel.client.http.is_closed
+
+
 # --- the real background runtime ---------------------------------------------------------------------------
 
 
