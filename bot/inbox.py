@@ -236,7 +236,7 @@ class InboxWorker:
     batch_size: int = 64  # rows (one per chat) committed in one transaction, at most
     # ...and about this long: a transaction holds SQLite's single write lock (webhook inserts wait for it)
     # and the batch's replies wait for its commit, so the batch shrinks when rows are slow
-    batch_seconds: float = 0.02
+    batch_seconds: float = 0.02  # (a `hoctap worker` process uses 0.06 and min_batch 48: bot/runtime.py start())
     # ...but not below this many: each batch also costs its head queries, thread hops and commit, and on a
     # busy machine (rows timed by the wall clock) the measured row time inflates until batches of one row
     # made the worker the bottleneck

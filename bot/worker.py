@@ -193,7 +193,7 @@ def run_worker(settings: Settings, *, role: str = "all", wake_fd: int | None = N
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     engine = make_engine(settings.db_url)
     parts = ROLES[role]
-    runtime = Runtime(settings=settings, engine=engine,
+    runtime = Runtime(settings=settings, engine=engine, worker_process=True,
                       external_outbox_wake=PipeWake(outbox_wake_fd) if outbox_wake_fd is not None else None)
     ring = runtime.wake_inbox if "inbox" in parts else runtime.wake_outbox
     zalo.register(runtime)

@@ -133,3 +133,25 @@ def test_nothing_lost_or_processed_twice_across_sigkills_of_the_web_process(
     assert figures["lost_updates"] == figures["updates_processed_twice"] == figures["replies_lost"] == 0
     assert figures["duplicates_sent"] == figures["chats_out_of_order"] == 0
     assert report["log_leaks"] == []
+
+
+def test_an_inbox_worker_alone_in_its_process_commits_larger_batches(engine, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """bot/runtime.py: larger batches paid in a `hoctap worker` process and lost in serve's own (measured)."""
+    import asyncio
+
+    from bot.runtime import Runtime
+    from models.settings import get_settings
+
+    settings = get_settings(data_dir=tmp_path)
+
+    async def sizing(worker_process: bool) -> tuple[float, int]:
+        runtime = Runtime(settings=settings, engine=engine, worker_process=worker_process)
+        await runtime.start(("inbox",))
+        try:
+            assert runtime.inbox is not None
+            return runtime.inbox.batch_seconds, runtime.inbox.min_batch
+        finally:
+            await runtime.stop()
+
+    alone, shared = asyncio.run(sizing(True)), asyncio.run(sizing(False))
+    assert alone[0] > shared[0] and alone[1] > shared[1]
