@@ -81,9 +81,10 @@ class Runtime:
         logging.getLogger("httpcore").setLevel(logging.WARNING)
         inbox, outbox = "inbox" in parts, "outbox" in parts
         # Alone in its process, the inbox worker commits batches of ~60 ms (48 rows at least) instead of ~20 ms
-        # (16): fewer heads queries, lock turns and commits per update. bench/inbound.py, 3 processes, 40-s
-        # runs: PostgreSQL 363 → 465 updates/s end to end (drained 455 → 576/s), SQLite 485 → 497/s (drained
-        # 601 → 668/s), p99 answer at 500/s no worse. In serve's own process (WORKER_PROCESSES=0) a batch holds
+        # (16): fewer heads queries, lock turns and commits per update. bench/inbound.py, 3 processes: PostgreSQL
+        # 363 → 465 and 253 → 365 updates/s end to end (two pairs, backlog drained); SQLite mixed, within the
+        # VM's noise (4 pairs: window 470 vs 464/s, drained 582 → 622/s, p99 answer at 500/s no worse; see
+        # docs/performance.md). In serve's own process (WORKER_PROCESSES=0) a batch holds
         # the GIL and SQLite's write lock that the webhook needs: there the larger batches lost (SQLite 362 →
         # 294/s, p99 answer 285 → 382 ms), so the defaults stay.
         sizing = {"batch_seconds": 0.06, "min_batch": 48} if self.worker_process else {}
