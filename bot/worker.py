@@ -31,6 +31,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 
 from models.settings import Settings
 
@@ -177,6 +178,18 @@ def _die_with_parent(parent_pid: int | None) -> None:
         raise SystemExit(0)  # the parent died before the request above took effect
 
 
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+    """uvloop where it is installed (it comes with uvicorn[standard], and `serve`'s web process runs on it
+    through uvicorn), else asyncio's own loop. The inbox worker hands every batch to a thread and back:
+    40-s runs of bench/inbound.py, 3 processes, SQLite, two pairs: 908 → 1,002 and 1,001 → 1,040 updates/s
+    end to end."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvicorn[standard] brings it
+        return asyncio.new_event_loop
+    return uvloop.new_event_loop
+
+
 ROLES = {"all": ("inbox", "outbox"), "inbox": ("inbox",), "outbox": ("outbox",)}
 
 
@@ -228,7 +241,8 @@ def run_worker(settings: Settings, *, role: str = "all", wake_fd: int | None = N
                     loop.remove_reader(wake_fd)
             await runtime.stop()
 
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(main())
     engine.dispose()
     log.info("worker process %s stopped", role)
     return 0

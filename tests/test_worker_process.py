@@ -86,6 +86,8 @@ def test_the_workers_answer_restart_and_die_with_their_parent(split_server) -> N
 
     _say(server, 1, 501, "/start")
     _wait(lambda: fake.sent_texts(501), 60, "the reply to /start")
+    for role, worker in workers.items():  # on uvloop, as the web process (bot/worker.py _loop_factory)
+        assert any("uvloop" in m.path for m in worker.memory_maps()), f"the {role} worker runs without uvloop"
 
     # each child that dies is started again, and what is posted meanwhile is answered
     for update_id, role in enumerate(ROLES[n], start=2):
