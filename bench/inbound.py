@@ -484,16 +484,35 @@ def purge(url: str) -> None:
     time.sleep(1.0)
 
 
+def latency_bodies(seeded: dict[str, Any], fam_a: int, lat_n: int, repeat: int) -> list[tuple[int, bytes]]:
+    """(chat, body) of the latency run: the first answer of each family kept for it."""
+    bodies = []
+    for i in range(lat_n):
+        fam = fam_a + 1 + i
+        bodies.append((CHAT0 + fam, render(seeded["templates"][0], 5 * 10**8 + repeat * 10**7 + i, CHAT0 + fam, i + 1)))
+    return bodies
+
+
+def bare_latency(args: argparse.Namespace, port: int, seeded: dict[str, Any], fam_a: int, lat_n: int,
+                 repeat: int) -> dict[str, float]:
+    """The latency run's baseline: the same bodies at the same offered rate from the same generator, against
+    the bare FastAPI endpoint. What the machine, the generator and uvicorn alone cost an answer."""
+    answered = asyncio.run(open_loop(port, latency_bodies(seeded, fam_a, lat_n, repeat), args.rate))
+    answer_ms = [(a - s) * 1000 for _c, s, a, _st in answered]
+    bare = {"bare_answer_p50": percentile(answer_ms, 50), "bare_answer_p99": percentile(answer_ms, 99),
+            "bare_answer_max": max(answer_ms), "bare_load": load1()}
+    print(f"  [{repeat + 1}] baseline open loop {args.rate:.0f}/s × {args.latency_duration}s: answer p50 "
+          f"{bare['bare_answer_p50']:.1f} ms p99 {bare['bare_answer_p99']:.1f} ms (load {bare['bare_load']:.1f})",
+          flush=True)
+    return bare
+
+
 def latency_run(args: argparse.Namespace, port: int, fake_url: str, db_url: str, seeded: dict[str, Any],
                 fam_a: int, lat_n: int, repeat: int) -> dict[str, Any]:
     """(b): open loop at args.rate on the families kept for it (one update each: its reply is unambiguous)."""
     httpx.post(f"{fake_url}/_bench/reset")
     time.sleep(0.5)
-    bodies = []
-    for i in range(lat_n):
-        fam = fam_a + 1 + i
-        bodies.append((CHAT0 + fam, render(seeded["templates"][0], 5 * 10**8 + repeat * 10**7 + i, CHAT0 + fam, i + 1)))
-    answered = asyncio.run(open_loop(port, bodies, args.rate))
+    answered = asyncio.run(open_loop(port, latency_bodies(seeded, fam_a, lat_n, repeat), args.rate))
     load_b = load1()
     waited = wait_drained(db_url, args.drain_limit)
     calls = fake_stats(fake_url)
@@ -574,15 +593,17 @@ def bench_database(label: str, url: str, args: argparse.Namespace, work: Path) -
                 base = run_wrk(bare_port, script, templates, families=fam_a, base=10**9, fam0=1,
                                duration=args.duration, connections=connections, threads=threads)
                 base_load = load1()
-            print(f"  [{repeat + 1}] baseline bare FastAPI: {base['rps']:,.0f} req/s (load {base_load:.1f})",
-                  flush=True)
+                print(f"  [{repeat + 1}] baseline bare FastAPI: {base['rps']:,.0f} req/s (load {base_load:.1f})",
+                      flush=True)
+                bare_lat = (bare_latency(args, bare_port, seeded, fam_a, lat_n, repeat)
+                            if repeat == 0 or args.latency_each_repeat else {})
             serve_log = work / f"serve-{slug(label)}-{repeat}.log"
             with process(["hoctap", "serve", "--no-demo", "--host", "127.0.0.1", "--port", str(app_port)],
                          env=env, log=serve_log, ready_url=f"http://127.0.0.1:{app_port}/healthz") as serve:
                 time.sleep(2.0)  # setWebhook, scheduler start
                 rss_idle = tree_rss(serve.pid)
                 if repeat == 0 or args.latency_each_repeat:
-                    result.latency.append(latency_run(args, app_port, fake_url, db_url, seeded, fam_a, lat_n,
+                    result.latency.append(bare_lat | latency_run(args, app_port, fake_url, db_url, seeded, fam_a, lat_n,
                                                       repeat))
                     purge(db_url)  # whatever the latency run left undelivered must not count below
                 httpx.post(f"{fake_url}/_bench/reset")
@@ -631,6 +652,12 @@ def bench_database(label: str, url: str, args: argparse.Namespace, work: Path) -
     return result
 
 
+def bare_cell(lat: dict[str, Any]) -> str:
+    if "bare_answer_p50" not in lat:
+        return "—"
+    return f"{lat['bare_answer_p50']:.1f} / {lat['bare_answer_p99']:.1f} ms"
+
+
 def write_docs(results: list[Result], args: argparse.Namespace, command: str) -> None:
     lines = [
         "## Inbound: webhook → flow step → reply at the Bot API (bench/inbound.py)",
@@ -665,14 +692,15 @@ def write_docs(results: list[Result], args: argparse.Namespace, command: str) ->
         "",
         f"### (b) latency, open loop at {args.rate:.0f} updates/s offered ({args.latency_duration} s)",
         "",
-        "| database | load | offered rate achieved/s | webhook answer p50 / p99 / max | POST → reply delivered p50 / p99 / max | delivered |",
-        "|---|---|---|---|---|---|",
+        "| database | load | offered rate achieved/s | webhook answer p50 / p99 / max | bare FastAPI answer p50 / p99 "
+        "(same rate, same generator) | POST → reply delivered p50 / p99 / max | delivered |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in results:
         for lat in r.latency:
             lines.append(
                 f"| {r.label} | {lat['load']:.1f} | {lat['achieved']:,.0f} | {lat['answer_p50']:.1f} / "
-                f"{lat['answer_p99']:.1f} / {lat['answer_max']:.0f} ms | {ms(lat['e2e_p50'])} / {ms(lat['e2e_p99'])} / "
+                f"{lat['answer_p99']:.1f} / {lat['answer_max']:.0f} ms | {bare_cell(lat)} | {ms(lat['e2e_p50'])} / {ms(lat['e2e_p99'])} / "
                 f"{ms(lat['e2e_max'])} | {lat['delivered']:,}/{lat['n']:,} (+{lat['waited']:.0f} s wait), "
                 f"{lat['replies_per_s']:,.0f} replies/s |")
     lines += ["", "Seeded: " + "; ".join(f"{r.label} {r.families:,} families in {r.seed_s:.1f} s" for r in results)

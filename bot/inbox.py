@@ -206,6 +206,12 @@ def _deferred() -> Any:
     return Deferred()
 
 
+def _warm_up(engine: Engine, settings: Settings | None) -> dict[str, int]:
+    from bot.uow import warm_up
+
+    return warm_up(engine, settings)
+
+
 def _load_many(session: Session, keys: list[tuple[str, str, str]]) -> dict[tuple[str, str], Any]:
     from bot.uow import load_many
 
@@ -260,6 +266,21 @@ class InboxWorker:
     def add_channel(self, name: str, normalise: Normaliser, *, ordered_ids: bool = False) -> None:
         self.channels[name] = InboxChannel(normalise, ordered_ids)
 
+    async def warm_up(self) -> None:
+        """Before the first pass, in a thread: load the flows' catalog, criteria sets and statements
+        (bot.uow.warm_up), so that the first batch does not do it while holding SQLite's write lock. A
+        failure here is logged and left to the first batch, as without the warm-up."""
+        if self.process is not None:
+            return  # another unit of work (tests): nothing of bot.uow's to load
+        started = time.perf_counter()
+        try:
+            loaded = await asyncio.to_thread(_warm_up, self.engine, self.settings)
+        except Exception as exc:  # noqa: BLE001 - a warm-up must not keep the worker from running
+            log.warning("inbox: warm-up failed (%s)", type(exc).__name__)
+            return
+        log.info("inbox: warmed up in %.0f ms (%s)", (time.perf_counter() - started) * 1000,
+                 ", ".join(f"{name} {count}" for name, count in loaded.items()))
+
     def wake(self) -> None:
         self._wake.set()
 
@@ -270,6 +291,7 @@ class InboxWorker:
     async def run(self) -> None:
         """Process rows until stop(); wakes on wake() or every ``poll_seconds``."""
         self._stopping = False
+        await self.warm_up()
         while not self._stopping:
             self._wake.clear()
             try:

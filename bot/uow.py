@@ -34,6 +34,7 @@ from sqlalchemy import (
 from sqlalchemy import select as core_select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm.attributes import flag_modified
 from sqlmodel import Session, col, select
 from vietnam_provinces import Province as VnProvince
@@ -42,11 +43,12 @@ from vietnam_provinces import Ward
 from bot import media
 from bot.login_links import create_login_link
 from bot.outbox import PRIORITY_REPLY, utcnow
-from bot.view_db import AssessmentKey, AssessmentRow, DbView, Preload, load_assessments
+from bot.view_db import AssessmentKey, AssessmentRow, DbView, Preload, criteria_sets, load_assessments
+from flows import communes as commune_index
 from flows import effects as fx
 from flows.effects import Subject
 from flows.engine import handle
-from flows.i18n import t
+from flows.i18n import catalog, t
 from flows.types import ConversationState, Event, Say
 from flows.view import PersonInfo, Role
 from models.db import Prepared
@@ -73,6 +75,29 @@ from models.tables import (
 log = logging.getLogger(__name__)
 
 PROCESSED = "flow.processed"
+
+
+def warm_up(engine: Engine, settings: Any = None, *, most: int = 32) -> dict[str, int]:
+    """Load what the first flow steps would otherwise load inside the inbox worker's first transaction,
+    where SQLite's write lock is held and the webhook's inserts wait for it: the message catalog, the
+    criteria sets (the national ones and those of up to ``most`` communes served or in the database),
+    the commune index, and the compiled hot-path statements. Measured (bench/inbound.py, SQLite, 3 processes):
+    the first batch held the lock for ~130 ms, and the webhook answers waiting behind it were a large part of
+    the latency run's p99. Importing this module (the flow engine) is part of it: the worker calls this from
+    a thread before its first pass. Returns what was loaded, for the log."""
+    catalog()
+    sets: set[tuple[str, ...]] = {()}
+    codes = list(settings.served_codes()) if settings is not None and hasattr(settings, "served_codes") else []
+    with Session(engine) as session:
+        query = core_select(Commune.__table__.c.code, Commune.__table__.c.province_code)  # type: ignore[attr-defined]
+        if codes:
+            query = query.where(Commune.__table__.c.code.in_(codes[:most]))  # type: ignore[attr-defined]
+        for code, province in session.connection().execute(query.limit(most)).all():
+            sets.add((str(province), f"{province}/{code}"))
+    for local in sets:
+        criteria_sets(local)
+    commune_index.warm()
+    return {"criteria_sets": len(sets), "statements": Prepared.compile_all(engine.dialect)}
 
 
 def process_event(session: Session, *, channel: str, chat_id: str, event: Event, now: datetime,

@@ -51,7 +51,8 @@ SUBJECT_OF_TITLE = {"gia_dinh": "household", "dong_ho": "clan", "cong_dong": "vi
 
 
 @lru_cache(maxsize=64)
-def _criteria(local: tuple[str, ...]) -> dict[str, CriteriaSet]:
+def criteria_sets(local: tuple[str, ...]) -> dict[str, CriteriaSet]:
+    """The criteria sets with the local overlays ``local`` (province, province/commune), parsed once."""
     return load_sets(local=local)
 
 
@@ -208,7 +209,7 @@ class DbView:
 
     def criteria(self, title: str) -> CriteriaSet:
         if self._criteria_sets is None and self._preload is not None:
-            self._criteria_sets = _criteria(self._preload.local)
+            self._criteria_sets = criteria_sets(self._preload.local)
         if self._criteria_sets is None:
             person = self.person()
             local: tuple[str, ...] = ()
@@ -216,7 +217,7 @@ class DbView:
                 commune = self.session.get(Commune, person.commune_code)
                 if commune is not None:
                     local = (str(commune.province_code), f"{commune.province_code}/{commune.code}")
-            self._criteria_sets = _criteria(local)
+            self._criteria_sets = criteria_sets(local)
         return self._criteria_sets[title]
 
     def served(self) -> tuple[int, ...]:

@@ -54,6 +54,11 @@ def _index() -> tuple[tuple[CommuneHit, ...], tuple[str, ...]]:
     return tuple(hits), tuple(keys)
 
 
+def warm() -> int:
+    """Build the index now (else the first lookup builds it); returns the number of communes."""
+    return len(_index()[0])
+
+
 def commune(code: int) -> CommuneHit | None:
     """The commune with this official code."""
     for hit in _index()[0]:

@@ -71,11 +71,21 @@ class Prepared:
     it); it bypasses the ORM, so callers expire any loaded object whose row they change. No expanding
     (IN) parameters."""
 
-    __slots__ = ("_build", "_compiled")
+    __slots__ = ("_build", "_compiled", "__weakref__")
 
     def __init__(self, build: Callable[[Dialect], Executable]) -> None:
         self._build = build
         self._compiled: weakref.WeakKeyDictionary[Dialect, _Compiled] = weakref.WeakKeyDictionary()
+        _PREPARED.add(self)
+
+    @staticmethod
+    def compile_all(dialect: Dialect) -> int:
+        """Compile every statement defined so far for ``dialect`` (a worker's warm-up: bot/uow.py
+        warm_up); returns how many."""
+        statements = list(_PREPARED)
+        for prepared in statements:
+            prepared._get(dialect)
+        return len(statements)
 
     def _get(self, dialect: Dialect) -> _Compiled:
         compiled = self._compiled.get(dialect)
@@ -107,6 +117,9 @@ class Prepared:
             cursor.executemany(compiled.sql, [compiled.parameters(p) for p in params])
         finally:
             cursor.close()
+
+
+_PREPARED: weakref.WeakSet[Prepared] = weakref.WeakSet()
 
 
 class _Compiled:
