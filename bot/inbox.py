@@ -262,6 +262,7 @@ class InboxWorker:
         self._row_seconds = 0.002  # moving average of one row's share of a batch transaction
         self._handled_since_analyze = 0
         self._analyzed_at = -float("inf")
+        self._warmed = False
 
     def add_channel(self, name: str, normalise: Normaliser, *, ordered_ids: bool = False) -> None:
         self.channels[name] = InboxChannel(normalise, ordered_ids)
@@ -270,6 +271,7 @@ class InboxWorker:
         """Before the first pass, in a thread: load the flows' catalog, criteria sets and statements
         (bot.uow.warm_up), so that the first batch does not do it while holding SQLite's write lock. A
         failure here is logged and left to the first batch, as without the warm-up."""
+        self._warmed = True
         if self.process is not None:
             return  # another unit of work (tests): nothing of bot.uow's to load
         started = time.perf_counter()
@@ -291,7 +293,8 @@ class InboxWorker:
     async def run(self) -> None:
         """Process rows until stop(); wakes on wake() or every ``poll_seconds``."""
         self._stopping = False
-        await self.warm_up()
+        if not self._warmed:
+            await self.warm_up()
         while not self._stopping:
             self._wake.clear()
             try:

@@ -199,7 +199,7 @@ def run_worker(settings: Settings, *, role: str = "all", wake_fd: int | None = N
     SIGTERM/SIGINT or the parent ends. A byte on ``wake_fd`` wakes the inbox worker (roles all, inbox) or the
     senders (role outbox); queued replies ring ``outbox_wake_fd`` when the senders run elsewhere."""
     from bot import zalo, zalo_oa
-    from bot.runtime import Runtime
+    from bot.runtime import Runtime, settle_heap
     from models.db import make_engine
 
     _die_with_parent(parent_pid)
@@ -218,6 +218,7 @@ def run_worker(settings: Settings, *, role: str = "all", wake_fd: int | None = N
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, done.set)
         await runtime.start(parts)
+        settle_heap()
         if wake_fd is not None:
             os.set_blocking(wake_fd, False)
 

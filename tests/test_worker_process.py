@@ -119,6 +119,7 @@ def test_sigterm_stops_every_process(split_server) -> None:  # type: ignore[no-u
     log = server.log.read_text(encoding="utf-8", errors="replace")
     for role in ROLES[n]:
         assert f"worker process {role} stopped" in log  # a graceful stop, not the parent-death SIGKILL
+    assert log.count("start-up objects frozen") == 1 + n  # the web process and each worker (settle_heap)
     assert "Traceback" not in log
 
 

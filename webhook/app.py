@@ -12,7 +12,7 @@ from sqlalchemy.engine import Engine
 from starlette.types import Receive, Scope, Send
 
 from bot import zalo, zalo_oa
-from bot.runtime import Runtime
+from bot.runtime import Runtime, settle_heap
 from models.db import make_engine
 from models.settings import Settings, get_settings
 from webhook import api, review, simulator, telegram_routes, zalo_routes
@@ -47,9 +47,12 @@ def create_app(
     engine: Engine | None = None,
     background: bool = True,
     inbox_wake: Callable[[], None] | None = None,
+    settle: bool = False,
 ) -> FastAPI:
     """Build the app; `background=False` runs no workers (tests drive them explicitly). With `inbox_wake`
-    the workers run in another process (bot/worker.py) and stored updates call it to wake that process."""
+    the workers run in another process (bot/worker.py) and stored updates call it to wake that process.
+    `settle`: the process is a server's (`hoctap serve`): freeze its start-up objects once started
+    (bot.runtime.settle_heap)."""
     settings = settings or get_settings()
     engine = engine or make_engine(settings.db_url)
     runtime = Runtime(settings=settings, engine=engine, external_wake=inbox_wake)
@@ -62,6 +65,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if background:
             await runtime.start()
+        if settle:
+            settle_heap()
         try:
             yield
         finally:

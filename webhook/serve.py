@@ -61,7 +61,8 @@ def serve(settings: Settings, *, host: str, port: int, demo: bool = True) -> int
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
         worker.start()
     try:
-        app = create_app(settings, engine=engine, inbox_wake=worker.wake if worker is not None else None)
+        app = create_app(settings, engine=engine, inbox_wake=worker.wake if worker is not None else None,
+                         settle=True)
         uvicorn.run(app, host=host, port=port, log_level="info", access_log=False,
                     timeout_keep_alive=KEEP_ALIVE_SECONDS)
     finally:
