@@ -64,6 +64,11 @@ PRIORITY_BULK = 10
 MAX_IN_FLIGHT = 64  # platform calls one sender has under way at most (its transport's connection pool size)
 
 
+def default_in_flight(rate_per_second: float) -> int:
+    """Platform calls a sender has under way at most, by its rate (see OutboxSender.__init__)."""
+    return max(8, min(MAX_IN_FLIGHT, int(rate_per_second / 50)))
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -516,7 +521,7 @@ class OutboxSender:
         # lifted (paid broadcasts, a local Bot API server), so that one claim and one mark commit serve dozens of
         # rows instead of a few — on PostgreSQL each is a few round trips, which 8 in flight could not hide
         if max_in_flight is None:
-            max_in_flight = max(8, min(MAX_IN_FLIGHT, int(rate_per_second / 50)))
+            max_in_flight = default_in_flight(rate_per_second)
         self.max_in_flight = max(1, max_in_flight)
         self.max_attempts = max_attempts
         self.poll_seconds = poll_seconds

@@ -79,6 +79,7 @@ from tests.reliability.stream import (  # noqa: E402
 
 HEADERS = {"X-Telegram-Bot-Api-Secret-Token": SECRET}
 PROCESSED = "flow.processed"
+SENDER_RATE = 1000  # TELEGRAM_RATE_PER_SECOND of the server under test
 
 
 @dataclass
@@ -178,7 +179,7 @@ def server_env(cfg: Config, fake: FakeTelegram, db_url: str) -> dict[str, str]:
         "TELEGRAM_WEBHOOK_SECRET": SECRET,
         "PUBLIC_BASE_URL": "https://hoctap.example",
         "PER_CHAT_INTERVAL_SECONDS": "0",
-        "TELEGRAM_RATE_PER_SECOND": "1000",
+        "TELEGRAM_RATE_PER_SECOND": str(SENDER_RATE),
         "DEMO": "false",
         "WORKER_PROCESSES": str(cfg.worker_processes),
         "PYTHONUNBUFFERED": "1",

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.reliability.crash_harness import Config, run
+from bot.outbox import default_in_flight
+from tests.reliability.crash_harness import SENDER_RATE, Config, run
 
 
 def test_nothing_lost_or_processed_twice_across_sigkills(db_url: str, tmp_path: Path) -> None:
@@ -25,7 +26,9 @@ def test_nothing_lost_or_processed_twice_across_sigkills(db_url: str, tmp_path: 
     assert report["log_leaks"] == []
     # nothing reached Telegram twice or out of order; a row whose call a kill interrupted is not sent again
     assert figures["duplicates_sent"] == figures["chats_out_of_order"] == 0
-    assert figures["outbox_unconfirmed"] == report["settled_unconfirmed"] <= 5 * 8  # in flight at each kill
+    # at most the sender's calls in flight at each kill: 20 at the harness's 1,000/s. The bound said 8 (the
+    # sender's figure at platform rates); on a fast machine three runs of the code before gave 30, 57 and 45
+    assert figures["outbox_unconfirmed"] == report["settled_unconfirmed"] <= 5 * default_in_flight(SENDER_RATE)
 
 
 def test_the_order_check_allows_an_undelivered_copy_of_a_repeated_text_and_catches_a_swap() -> None:
