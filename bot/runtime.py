@@ -29,7 +29,7 @@ PARTS = ("inbox", "outbox")
 
 def settle_heap() -> None:
     """Once a server process has started (`serve`'s lifespan, a `hoctap worker`): collect, then move every
-    object alive now — modules, the flows' catalog and criteria sets, compiled statements, ~150,000 in all —
+    object alive now — modules, the flows' catalog and criteria sets, compiled statements: 120,000–220,000 per process —
     to the collector's permanent generation (gc.freeze), so that its full collections no longer walk them.
     bench/inbound.py (SQLite, 3 processes, 500 updates/s) found full collections of 45–85 ms in every
     process; one in the inbox worker holds the batch, SQLite's write lock with it, and the webhook's answers
