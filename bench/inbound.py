@@ -586,6 +586,7 @@ def bench_database(label: str, url: str, args: argparse.Namespace, work: Path) -
     with process([PY, "bench/tgfake.py", "--port", str(fake_port)], log=work / "fake.log",
                  ready_url=f"{fake_url}/_bench/stats"):
         for repeat in range(args.repeat):
+            measure_latency = repeat == 0 or args.latency_each_repeat
             # the same-run baseline: bare FastAPI, same load tool, same bodies
             with process([PY, "bench/bare_app.py", "--port", str(bare_port)], log=work / "bare.log",
                          ready_url=f"http://127.0.0.1:{bare_port}/healthz"):
@@ -595,14 +596,13 @@ def bench_database(label: str, url: str, args: argparse.Namespace, work: Path) -
                 base_load = load1()
                 print(f"  [{repeat + 1}] baseline bare FastAPI: {base['rps']:,.0f} req/s (load {base_load:.1f})",
                       flush=True)
-                bare_lat = (bare_latency(args, bare_port, seeded, fam_a, lat_n, repeat)
-                            if repeat == 0 or args.latency_each_repeat else {})
+                bare_lat = bare_latency(args, bare_port, seeded, fam_a, lat_n, repeat) if measure_latency else {}
             serve_log = work / f"serve-{slug(label)}-{repeat}.log"
             with process(["hoctap", "serve", "--no-demo", "--host", "127.0.0.1", "--port", str(app_port)],
                          env=env, log=serve_log, ready_url=f"http://127.0.0.1:{app_port}/healthz") as serve:
                 time.sleep(2.0)  # setWebhook, scheduler start
                 rss_idle = tree_rss(serve.pid)
-                if repeat == 0 or args.latency_each_repeat:
+                if measure_latency:
                     result.latency.append(bare_lat | latency_run(args, app_port, fake_url, db_url, seeded, fam_a, lat_n,
                                                       repeat))
                     purge(db_url)  # whatever the latency run left undelivered must not count below
