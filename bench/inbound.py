@@ -5,7 +5,9 @@
     python bench/inbound.py --no-sqlite --database-url … --duration 120 --repeat 2
 
 What runs (all on 127.0.0.1, each a process of its own):
-- the fake Bot API (bench/tgfake.py: the tests' FakeTelegram, rate limit off, records call times);
+- the fake Bot API (bench/tgfake.py --lean: a raw asyncio server that answers every call OK and records call
+  times; the tests' Starlette FakeTelegram cost 0.25 ms of CPU per update here, a sixth of the machine's
+  budget, against 0.05 ms);
 - `hoctap serve --no-demo` (uvicorn, the whole app: webhooks, inbox worker, outbox sender, scheduler) with
   TELEGRAM_BOT_TOKEN, TELEGRAM_API_BASE_URL = the fake, PUBLIC_BASE_URL set (webhook mode),
   TELEGRAM_RATE_PER_SECOND high; the reminder campaigns are disabled in its DATA_DIR so that no catch-up
@@ -25,16 +27,21 @@ updates in flight (as with Telegram, which waits for our answer before sending a
 Figures: (a) accepted updates/s (wrk) and end-to-end updates/s (replies at the fake within the window, and
 overall until the backlog drained) vs the baseline's requests/s; (b) at an offered 500 updates/s, open
 loop: p50/p99 of the webhook answer (from the scheduled send time, so no coordinated omission) and of POST
-→ reply delivered; (c) peak RSS of the serve process during (a). Load average with every figure.
+→ reply delivered; (c) peak RSS of the serve process during (a); (d) CPU time per update of each part
+(web process, worker processes, fake, PostgreSQL, wrk) from the load's start until drained: on 2 cores the
+parts together must stay under 2,000 ms / 1,500 = 1.33 ms for the throughput target. Load average with
+every figure.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
+import resource
 import shlex
 import shutil
 import subprocess
@@ -332,6 +339,55 @@ class RssSampler(threading.Thread):
             time.sleep(0.25)
 
 
+class CpuMeter:
+    """CPU seconds (user + system) by part, between two ``snapshot()`` calls: the web process, each worker
+    process by its ``--role``, the fake Bot API, PostgreSQL's processes, and this process's finished children
+    (wrk, via getrusage). A process that starts between the snapshots counts whole, one that ends is missed;
+    PostgreSQL's backends live as long as the pools' connections, so they are in both."""
+
+    def __init__(self, serve_pid: int, fake_pid: int) -> None:
+        self.serve_pid, self.fake_pid = serve_pid, fake_pid
+
+    def snapshot(self) -> dict[tuple[str, int], float]:
+        out: dict[tuple[str, int], float] = {}
+
+        def add(role: str, proc: psutil.Process) -> None:
+            with contextlib.suppress(psutil.Error):
+                t = proc.cpu_times()
+                out[(role, proc.pid)] = t.user + t.system
+
+        serve = psutil.Process(self.serve_pid)
+        add("web", serve)
+        for child in serve.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                cmd = child.cmdline()
+                role = cmd[cmd.index("--role") + 1] if "--role" in cmd else "child"
+                add(f"worker {role}", child)
+        add("fake Bot API", psutil.Process(self.fake_pid))
+        for proc in psutil.process_iter(["name"]):
+            if (proc.info["name"] or "").startswith("postgres"):
+                add("PostgreSQL", proc)
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        out[("load tool", 0)] = children.ru_utime + children.ru_stime
+        return out
+
+    @staticmethod
+    def spent(before: dict[tuple[str, int], float], after: dict[tuple[str, int], float]) -> dict[str, float]:
+        parts: dict[str, float] = {}
+        for key, value in after.items():
+            parts[key[0]] = parts.get(key[0], 0.0) + value - before.get(key, 0.0)
+        return {role: max(0.0, seconds) for role, seconds in parts.items()}
+
+
+def cpu_cell(run: dict[str, Any]) -> str:
+    """CPU ms per update by part, largest first."""
+    per = run.get("cpu_ms")
+    if not per:
+        return "—"
+    return ", ".join(f"{role} {ms:.2f}" for role, ms in sorted(per.items(), key=lambda kv: -kv[1]) if ms >= 0.005) + \
+        f" (all {sum(per.values()):.2f})"
+
+
 def fake_stats(fake_url: str) -> list[list[Any]]:
     return httpx.get(f"{fake_url}/_bench/stats", timeout=60).json()["calls"]
 
@@ -583,8 +639,8 @@ def bench_database(label: str, url: str, args: argparse.Namespace, work: Path) -
     fake_url = f"http://127.0.0.1:{fake_port}"
     env = serve_env(data_dir, url, fake_url, "https://bench.example", MODES_WORKERS[label.rsplit(", ", 1)[-1]])
     k0 = 0
-    with process([PY, "bench/tgfake.py", "--port", str(fake_port)], log=work / "fake.log",
-                 ready_url=f"{fake_url}/_bench/stats"):
+    with process([PY, "bench/tgfake.py", "--lean", "--port", str(fake_port)], log=work / "fake.log",
+                 ready_url=f"{fake_url}/_bench/stats") as fake:
         for repeat in range(args.repeat):
             measure_latency = repeat == 0 or args.latency_each_repeat
             # the same-run baseline: bare FastAPI, same load tool, same bodies
@@ -616,6 +672,8 @@ def bench_database(label: str, url: str, args: argparse.Namespace, work: Path) -
                                             "--rate", "50", "--duration", str(args.duration), "--nonblocking", "--subprocesses",
                                             "-o", str(OUT / f"inbound-{slug(label)}-{repeat}.txt")],
                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                meter = CpuMeter(serve.pid, fake.pid)
+                cpu_before = meter.snapshot()
                 run = run_wrk(app_port, script, templates, families=fam_a, base=10**8, fam0=1, k0=k0,
                               duration=args.duration, connections=connections, threads=threads)
                 # the next repeat continues each family with its next answer (update ids keep increasing)
@@ -623,6 +681,7 @@ def bench_database(label: str, url: str, args: argparse.Namespace, work: Path) -
                 load_a = load1()
                 end = run["started"] + run["duration_us"] / 1e6
                 drained = wait_drained(db_url, args.drain_limit)
+                cpu = CpuMeter.spent(cpu_before, meter.snapshot())
                 sampler.running = False
                 if spy is not None:
                     spy.wait(timeout=60)
@@ -642,12 +701,16 @@ def bench_database(label: str, url: str, args: argparse.Namespace, work: Path) -
                     "baseline_rps": base["rps"], "baseline_load": base_load,
                     "statuses": statuses(db_url),
                 })
+                # CPU per update from the load's start until drained (or the drain limit), over the updates
+                # whose replies all arrived by then
+                run["cpu_ms"] = {role: seconds * 1000 / max(len(sends) / per_update, 1) for role, seconds in cpu.items()}
                 result.runs.append(run)
                 print(f"  [{repeat + 1}] app: webhook accepted {run['rps']:,.0f}/s ({run['status_errors']} non-2xx, "
                       f"wrk p99 {run['p99_us'] / 1000:.1f} ms); end to end {run['e2e_window']:,.0f} updates/s in the "
                       f"window, {run['e2e_overall']:,.0f}/s until drained or the limit (+{drained:.1f}s, "
                       f"{left[0]:,} still pending); {run['e2e_window'] / base['rps']:.1%} of baseline; RSS peak "
                       f"{sampler.peak / 2**20:.0f} MB; load {load_a:.1f}; {run['statuses']}", flush=True)
+                print(f"  [{repeat + 1}] CPU ms per update: {cpu_cell(run)}", flush=True)
                 purge(db_url)
     return result
 
@@ -670,7 +733,7 @@ def write_docs(results: list[Result], args: argparse.Namespace, command: str) ->
         f"settings, same wrk script and bodies, run just before the app in the same repeat",
         "- serve = `hoctap serve --no-demo` (uvicorn + uvloop + httptools, access log off as shipped; the baseline "
         "too), webhook "
-        "mode, fake Bot API (bench/tgfake.py) with no rate limit, TELEGRAM_RATE_PER_SECOND=100000, campaigns off; "
+        "mode, fake Bot API (bench/tgfake.py --lean) with no rate limit, TELEGRAM_RATE_PER_SECOND=100000, campaigns off; "
         "\"1 process\" = WORKER_PROCESSES=0 (the default), \"2 processes\" = WORKER_PROCESSES=1 (web app in one, "
         "inbox worker + senders + scheduler in the other), \"3 processes\" = WORKER_PROCESSES=2 (web app; inbox "
         "worker; senders + scheduler); RSS is the sum of the processes, shared library pages counted in each",
@@ -678,8 +741,9 @@ def write_docs(results: list[Result], args: argparse.Namespace, command: str) ->
         "### (a) throughput, 64 connections, and (c) memory",
         "",
         "| database | run | load | baseline req/s | webhook accepted/s | end-to-end updates/s (in window) | "
-        "end-to-end until drained | % of baseline (e2e) | drain after | RSS idle → peak |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "end-to-end until drained | % of baseline (e2e) | drain after | RSS idle → peak | CPU ms per update "
+        "(load start → drained) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         for i, run in enumerate(r.runs, 1):
@@ -687,7 +751,7 @@ def write_docs(results: list[Result], args: argparse.Namespace, command: str) ->
                 f"| {r.label} | {i} | {run['load']:.1f} | {run['baseline_rps']:,.0f} | {run['rps']:,.0f} | "
                 f"{run['e2e_window']:,.0f} | {run['e2e_overall']:,.0f} | {run['e2e_window'] / run['baseline_rps']:.0%} | "
                 f"{run['drain_s']:.0f} s{left_note(run)} | "
-                f"{run['rss_idle'] / 2**20:.0f} → {run['rss_peak'] / 2**20:.0f} MB |")
+                f"{run['rss_idle'] / 2**20:.0f} → {run['rss_peak'] / 2**20:.0f} MB | {cpu_cell(run)} |")
     lines += [
         "",
         f"### (b) latency, open loop at {args.rate:.0f} updates/s offered ({args.latency_duration} s)",
