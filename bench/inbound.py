@@ -711,6 +711,11 @@ def bench_database(label: str, url: str, args: argparse.Namespace, work: Path) -
                       f"{left[0]:,} still pending); {run['e2e_window'] / base['rps']:.1%} of baseline; RSS peak "
                       f"{sampler.peak / 2**20:.0f} MB; load {load_a:.1f}; {run['statuses']}", flush=True)
                 print(f"  [{repeat + 1}] CPU ms per update: {cpu_cell(run)}", flush=True)
+                per_second = [0] * max(1, int(end - run["started"]))
+                for at in sends:
+                    if run["started"] <= at < run["started"] + len(per_second):
+                        per_second[int(at - run["started"])] += 1
+                print(f"  [{repeat + 1}] replies per second in the window: {per_second}", flush=True)
                 purge(db_url)
     return result
 

@@ -741,7 +741,11 @@ class OutboxSender:
         # (priority, not_before, id) order as ix_outbox_ready holds them, then the head (lowest id among the rows
         # that are ready or in flight) of each of their chats (ix_outbox_chat); only heads may go
         limit = max(4 * want, 32)
-        with write_lock(self.engine), self.engine.begin() as conn:
+        # the reads take no write lock: on SQLite that lock is every writer's (webhook inserts, inbox batches,
+        # marks), and under load a claim held it for 7-8 ms, a seventh of the time. What they saw is checked
+        # again by the claim's UPDATE (still queued, still due); a chat's head cannot change behind them
+        # except to a later row (its earlier one sent), and a head read before that is simply not claimed.
+        with self.engine.connect() as conn:
             while True:
                 # no payloads: the page holds up to four times the rows that are sent, and decoding their JSON
                 # was a tenth of the sender's time; the claimed rows' payloads come back from the claim itself
@@ -768,38 +772,41 @@ class OutboxSender:
                 if found or len(page) < limit or limit >= 4096:
                     break
                 limit *= 8  # a page of rows that all wait behind their chats' earlier rows: look further
-            chosen: list[_Claimed] = []
-            cooling: dict[str, float] = {}
-            chats: set[str] = set()
-            for row_id, chat_id, attempts, person_id in found:
-                if chat_id in chats or chat_id in self._in_flight_chats:
-                    continue
-                ready = self._cooling.get(chat_id)
-                if ready is not None and ready > mono:
-                    cooling[chat_id] = ready
-                    continue
-                if len(chosen) < want:
-                    chats.add(chat_id)
-                    chosen.append(_Claimed(row_id, chat_id, {}, attempts + 1, person_id))
-            if chosen:
-                # only the chosen rows are locked (no FOR UPDATE on the page read: on PostgreSQL that wrote a lock
-                # into four times as many rows as were sent); a row another sender claimed meanwhile is no longer
-                # queued once its claim commits, so this UPDATE passes it over and it is not sent twice
-                claimed = dict(conn.execute(
-                    update(table)
-                    # not_before again: another process may have put a row back to wait (a 429, a retry) since
-                    # the page was read
-                    .where(table.c.id.in_([c.id for c in chosen]), table.c.status == "queued",
-                           table.c.not_before <= now)
-                    .values(status="sending", attempts=table.c.attempts + 1, not_before=now + self.lease)
-                    .returning(table.c.id, table.c.payload)
-                ).all())
-                chosen = [c for c in chosen if c.id in claimed]
-                for c in chosen:
-                    c.payload = dict(claimed[c.id])
-            if cooling:  # rows queued during their chat's interval: out of the way until it has passed
-                self._defer_chats(conn, [(chat, now + timedelta(seconds=ready - mono))
-                                         for chat, ready in cooling.items()])
+        chosen: list[_Claimed] = []
+        cooling: dict[str, float] = {}
+        chats: set[str] = set()
+        for row_id, chat_id, attempts, person_id in found:
+            if chat_id in chats or chat_id in self._in_flight_chats:
+                continue
+            ready = self._cooling.get(chat_id)
+            if ready is not None and ready > mono:
+                cooling[chat_id] = ready
+                continue
+            if len(chosen) < want:
+                chats.add(chat_id)
+                chosen.append(_Claimed(row_id, chat_id, {}, attempts + 1, person_id))
+        if chosen or cooling:
+            with write_lock(self.engine), self.engine.begin() as conn:
+                if chosen:
+                    # only the chosen rows are locked (no FOR UPDATE on the page read: on PostgreSQL that wrote a
+                    # lock into four times as many rows as were sent); a row another sender claimed meanwhile is
+                    # no longer queued once its claim commits, so this UPDATE passes it over and it is not sent
+                    # twice
+                    claimed = dict(conn.execute(
+                        update(table)
+                        # not_before again: another process may have put a row back to wait (a 429, a retry)
+                        # since the page was read
+                        .where(table.c.id.in_([c.id for c in chosen]), table.c.status == "queued",
+                               table.c.not_before <= now)
+                        .values(status="sending", attempts=table.c.attempts + 1, not_before=now + self.lease)
+                        .returning(table.c.id, table.c.payload)
+                    ).all())
+                    chosen = [c for c in chosen if c.id in claimed]
+                    for c in chosen:
+                        c.payload = dict(claimed[c.id])
+                if cooling:  # rows queued during their chat's interval: out of the way until it has passed
+                    self._defer_chats(conn, [(chat, now + timedelta(seconds=ready - mono))
+                                             for chat, ready in cooling.items()])
         wait = min(cooling.values()) - mono if cooling else None
         if wait is None and not chosen:
             wait = self._next_ready(now)
