@@ -6,7 +6,7 @@
 
 What runs (all on 127.0.0.1, each a process of its own):
 - the fake Bot API (bench/tgfake.py --lean: a raw asyncio server that answers every call OK and records call
-  times; the tests' Starlette FakeTelegram cost 0.25 ms of CPU per update here, a sixth of the machine's
+  times; the tests' Starlette FakeTelegram cost 0.25 ms of CPU per update here, a fifth of the 1.33 ms
   budget, against 0.05 ms);
 - `hoctap serve --no-demo` (uvicorn, the whole app: webhooks, inbox worker, outbox sender, scheduler) with
   TELEGRAM_BOT_TOKEN, TELEGRAM_API_BASE_URL = the fake, PUBLIC_BASE_URL set (webhook mode),

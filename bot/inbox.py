@@ -491,7 +491,6 @@ class InboxWorker:
             ids = [heads[chat][1] for chat in chats if chat in heads]
             if not ids:
                 return []
-            table = InboxUpdate.__table__  # type: ignore[attr-defined]
             rows = {  # Core rows: no ORM instances to build for rows that are only read
                 row.id: row
                 for row in session.connection().execute(
