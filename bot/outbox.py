@@ -63,7 +63,11 @@ R = TypeVar("R")
 
 PRIORITY_REPLY = 0
 PRIORITY_BULK = 10
-MAX_IN_FLIGHT = 64  # platform calls one sender has under way at most (its transport's connection pool size)
+# platform calls one sender has under way at most (its transport's connection pool size). 128, not 64: with the
+# limit lifted, a sender refills in waves of half of it, one claim per wave, and on SQLite each claim waits for a
+# turn of the write lock behind an inbox batch; waves of 32 left the sender at ~1,250 messages/s in the 3-process
+# inbound bench while the inbox queued ~1,900 (docs/performance.md, seventh session)
+MAX_IN_FLIGHT = 128
 
 
 def default_in_flight(rate_per_second: float) -> int:
@@ -569,7 +573,8 @@ class OutboxSender:
         self._wake = asyncio.Event()
         self._stopping = False
         self._next_sweep = 0.0
-        self._marks: GroupCommit[tuple[int, str, datetime, str | None], None] = GroupCommit(self._mark_sent)
+        # rows sent, not yet marked: the next claim marks them in its own turn of the write lock (see _claim)
+        self._sent: list[tuple[int, str, datetime, str | None]] = []
         self._waiting = 0  # claimed rows waiting for their token
         # rows claimed ahead of their tokens: ~0.1 s of sending, so that the time a claim takes (a commit,
         # slower on a busy machine) does not slow the rate; a crash leaves at most these unconfirmed unsent
@@ -694,14 +699,19 @@ class OutboxSender:
                     await settle_some()
                     continue
                 want = max(1, min(free, self.batch_size, self.bucket.available() + ahead))
-                rows, wait = await asyncio.to_thread(self._claim, want)
+                marks, self._sent = self._sent, []
+                try:
+                    rows, wait = await asyncio.to_thread(self._claim, want, marks)
+                except BaseException:
+                    self._sent[:0] = marks  # not written: the next claim (or the last flush) tries them again
+                    raise
                 for row in rows:
                     self._in_flight_chats.add(row.chat_id)
                     self._waiting += 1
                     tasks.add(asyncio.create_task(self._send_row(row)))
                 handled += len(rows)
-                if rows:
-                    continue
+                if rows or marks:
+                    continue  # (marks: their chats' next rows may be ready now; the claim's reads came before)
                 if tasks:
                     await settle_some()  # a call in flight may free its chat's next row
                 elif wait is not None and wait <= max(self.per_chat_interval, 0.0) + 0.05:
@@ -711,6 +721,13 @@ class OutboxSender:
         finally:
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
+            if self._sent:  # the last calls' marks: no claim follows them
+                marks, self._sent = self._sent, []
+                try:
+                    await asyncio.to_thread(self._mark_sent, marks)
+                except BaseException:
+                    self._sent[:0] = marks
+                    raise
         return handled
 
     async def _sleep_or_wake(self, seconds: float) -> None:
@@ -725,9 +742,18 @@ class OutboxSender:
 
     # claiming and marking (sync, run in a thread)
 
-    def _claim(self, want: int) -> tuple[list[_Claimed], float | None]:
+    def _claim(self, want: int, marks: list[tuple[int, str, datetime, str | None]] | None = None,
+               ) -> tuple[list[_Claimed], float | None]:
         """Claim up to ``want`` rows to send now, heads of distinct chats; and the seconds until the next row
-        that waits only for its chat's interval (None when there is none soon)."""
+        that waits only for its chat's interval (None when there is none soon).
+
+        ``marks`` (rows sent since the last claim) are marked sent in the same transaction, before the claim:
+        on SQLite every write takes a turn of the one write lock, and an inbox batch holds it for tens of
+        milliseconds; a mark commit of its own was a second turn to wait for, per wave of calls (measured:
+        the sender waited 2.7 s per 5 s for its claims and 3.4 s for its marks, and sent half of what the
+        inbox queued). Their chats' next rows are claimed from the next turn on: the reads below, taken
+        before, still see these rows sending."""
+        marks = marks or []
         now = self.now()
         mono = self.clock()
         if mono >= self._next_sweep:  # rows of senders that died while others lived
@@ -785,8 +811,10 @@ class OutboxSender:
             if len(chosen) < want:
                 chats.add(chat_id)
                 chosen.append(_Claimed(row_id, chat_id, {}, attempts + 1, person_id))
-        if chosen or cooling:
+        if chosen or cooling or marks:
             with write_lock(self.engine), self.engine.begin() as conn:
+                if marks:
+                    self._write_marks(conn, marks)
                 if chosen:
                     # only the chosen rows are locked (no FOR UPDATE on the page read: on PostgreSQL that wrote a
                     # lock into four times as many rows as were sent); a row another sender claimed meanwhile is
@@ -868,26 +896,30 @@ class OutboxSender:
         conn.execute(_SQLITE_DEFER, {"channel": self.channel, "chats": json.dumps(
             [[chat, when(until)] for chat, until in chats], ensure_ascii=False, separators=(",", ":"))})
 
-    def _mark_sent(self, marks: list[tuple[int, str, datetime, str | None]]) -> list[None]:
-        """Mark many rows sent in one transaction; their chats' next rows wait for the interval."""
+    def _mark_sent(self, marks: list[tuple[int, str, datetime, str | None]]) -> None:
+        """Mark many rows sent in one transaction of their own (when no claim follows them)."""
         with write_lock(self.engine), self.engine.begin() as conn:
             if conn.dialect.name == "postgresql":
                 # This commit need not wait for the disk: if the server crashes before it is flushed (at most
                 # a few hundred ms), the rows are still "sending" and the next start marks them unconfirmed,
-                # never sends them again — what a sender's crash does anyway. Claims stay synchronous: a lost
-                # claim would put a delivered row back in the queue.
+                # never sends them again — what a sender's crash does anyway. (Marks written with a claim
+                # wait for the disk with it: a lost claim would put a delivered row back in the queue.)
                 conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
-                conn.execute(_PG_MARK, {"ids": [m[0] for m in marks], "ats": [m[2] for m in marks],
-                                        "mids": [None if m[3] is None else str(m[3]) for m in marks]})
-            else:
-                when = _sqlite_times(self.engine)
-                conn.execute(_SQLITE_MARK, {"marks": json.dumps(
-                    [[row_id, when(at), None if mid is None else str(mid)] for row_id, _, at, mid in marks],
-                    ensure_ascii=False, separators=(",", ":"))})
-            if self.per_chat_interval > 0:
-                gap = timedelta(seconds=self.per_chat_interval)
-                self._defer_chats(conn, [(chat, at + gap) for _, chat, at, _ in marks])
-        return [None] * len(marks)
+            self._write_marks(conn, marks)
+
+    def _write_marks(self, conn: Any, marks: list[tuple[int, str, datetime, str | None]]) -> None:
+        """Mark rows sent, in the caller's transaction; their chats' next rows wait for the interval."""
+        if conn.dialect.name == "postgresql":
+            conn.execute(_PG_MARK, {"ids": [m[0] for m in marks], "ats": [m[2] for m in marks],
+                                    "mids": [None if m[3] is None else str(m[3]) for m in marks]})
+        else:
+            when = _sqlite_times(self.engine)
+            conn.execute(_SQLITE_MARK, {"marks": json.dumps(
+                [[row_id, when(at), None if mid is None else str(mid)] for row_id, _, at, mid in marks],
+                ensure_ascii=False, separators=(",", ":"))})
+        if self.per_chat_interval > 0:
+            gap = timedelta(seconds=self.per_chat_interval)
+            self._defer_chats(conn, [(chat, at + gap) for _, chat, at, _ in marks])
 
     def _finish(self, row: _Claimed, *, defer_until: datetime | None = None, **values: Any) -> None:
         table = OutboxMessage.__table__  # type: ignore[attr-defined]
@@ -971,6 +1003,6 @@ class OutboxSender:
                 await asyncio.to_thread(self._finish, row, defer_until=until, status="queued",
                                         last_error=error, not_before=until)
         else:
-            # committed right after the call: alone when nothing else is in flight, together with the marks
-            # of the calls that finished meanwhile under load (one commit for many)
-            await self._marks.submit((row.id, row.chat_id, self.now(), message_id))
+            # marked by the next claim (run_once calls one as soon as this task is done), together with the
+            # calls that finished meanwhile, or by run_once's last flush
+            self._sent.append((row.id, row.chat_id, self.now(), message_id))
