@@ -4,8 +4,9 @@ Rows (models.tables.OutboxMessage) move ``queued → sending → sent`` (or ``fa
 ``unconfirmed``).
 
 Delivery is at most once, and exactly once unless a process dies in the middle of a platform call: a row is
-claimed (``sending``) in the commit right before its call, and marked ``sent`` in the commit right after
-(group-committed under load). Telegram and Zalo have no idempotency key, so a row whose call was in flight
+claimed (``sending``) in the commit right before its call, and marked ``sent`` in the sender's next commit
+after it: the next claim's (which follows at once, for every call that finished meanwhile), or one of their
+own when no claim follows. Telegram and Zalo have no idempotency key, so a row whose call was in flight
 when the process died may or may not have been delivered; it is not sent again but marked ``unconfirmed``
 (at the next start, or when its lease runs out while other senders live). A person may miss that one
 message (the conversation asks its question again at their next message); nobody gets a message twice,
@@ -555,8 +556,9 @@ class OutboxSender:
         self.per_chat_interval = per_chat_interval
         self.batch_size = batch_size
         # calls in flight: 8 at platform rates (30/s: a 429 finds few calls under way); more when the limit is
-        # lifted (paid broadcasts, a local Bot API server), so that one claim and one mark commit serve dozens of
-        # rows instead of a few — on PostgreSQL each is a few round trips, which 8 in flight could not hide
+        # lifted (paid broadcasts, a local Bot API server), so that one claim commit (with the marks of the calls
+        # before it) serves dozens of rows instead of a few — on PostgreSQL each is a few round trips, which 8 in
+        # flight could not hide
         if max_in_flight is None:
             max_in_flight = default_in_flight(rate_per_second)
         self.max_in_flight = max(1, max_in_flight)
