@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
@@ -395,6 +396,38 @@ def test_marking_sent_touches_only_rows_in_flight(engine) -> None:
         got = {r.idempotency_key: (r.status, r.platform_message_id, r.sent_at and r.sent_at.replace(tzinfo=UTC))
                for r in session.exec(select(OutboxMessage))}
     assert got == {"k:in flight": ("sent", "77", at), "k:settled": ("unconfirmed", None, None)}
+
+
+def test_a_claim_writes_the_marks_of_the_calls_before_it_in_its_own_commit(engine) -> None:
+    """The marks ride on the sender's next claim: one commit (on SQLite one turn of the write lock) per wave of
+    calls, not a claim and a mark commit each. The marked chat's next row goes from the claim after, in order."""
+    queue(engine, [("1", "a1"), ("1", "a2"), ("2", "b1")])
+    sender = OutboxSender(engine=engine, channel="telegram", transport=None,  # type: ignore[arg-type]
+                          per_chat_interval=0.0)
+    first, _wait = sender._claim(4)
+    assert sorted(c.chat_id for c in first) == ["1", "2"]  # heads only: a2 waits behind a1
+    a1 = next(c for c in first if c.chat_id == "1")
+    queue(engine, [("3", "c1")])  # a new chat's row: the next claim takes it, and marks a1 in the same commit
+
+    commits: list[object] = []
+
+    def count(conn: object) -> None:
+        commits.append(conn)
+
+    event.listen(engine, "commit", count)
+    try:
+        again, _wait = sender._claim(4, [(a1.id, "1", datetime.now(UTC), "77")])
+    finally:
+        event.remove(engine, "commit", count)
+    assert [c.chat_id for c in again] == ["3"]  # not a2: the claim's reads came before its marks
+    assert len(commits) == 1
+    assert statuses(engine) == {"k:a1": "sent", "k:a2": "queued", "k:b1": "sending", "k:c1": "sending"}
+    with Session(engine) as session:
+        assert session.exec(select(OutboxMessage.platform_message_id)
+                            .where(OutboxMessage.idempotency_key == "k:a1")).one() == "77"
+    after, _wait = sender._claim(4)
+    assert [c.chat_id for c in after] == ["1"]
+    assert statuses(engine)["k:a2"] == "sending"
 
 
 def test_the_sender_analyzes_an_outbox_whose_statistics_are_missing(engine) -> None:
