@@ -429,17 +429,23 @@ _SAVE_ANSWERS_PROXY = Prepared(lambda d: update(_table(Assessment))
 
 def _arrays(table: Any, rows: list[dict[str, Any]], columns: tuple[str, ...], names: dict[str, str]) -> tuple[
         list[str], list[str], dict[str, list[Any]]]:
-    """unnest's arguments (one typed array per column), the select list (JSON cast back from text) and the
-    parameters, for ``rows`` (dicts keyed by ``names.get(column, column)``)."""
+    """unnest's arguments (one array per column: typed, or built on the server from one JSON document for a JSON
+    column), the select list and the parameters, for ``rows`` (dicts keyed by ``names.get(column, column)``)."""
     arrays, values, params = [], [], {}
     for n, name in enumerate(columns):
         column = table.c[name]
-        is_json = isinstance(column.type, JSON)
-        kind = "text" if is_json else column.type.compile(dialect=postgresql.dialect())
-        arrays.append(f"CAST(:p{n} AS {kind}[])")
-        values.append(f'CAST(v."{name}" AS json)' if is_json else f'v."{name}"')
         key = names.get(name, name)
-        params[f"p{n}"] = [json.dumps(row[key]) if is_json and row[key] is not None else row[key] for row in rows]
+        values.append(f'v."{name}"')
+        if isinstance(column.type, JSON):
+            # the column's values as ONE JSON document, made an array on the server (in order; None stays SQL
+            # NULL): a text[] parameter is an array literal that psycopg builds in Python, escaping every quote
+            # of every JSON value with a regex — 39 % of the PostgreSQL inbox worker's GIL samples
+            arrays.append(f"ARRAY(SELECT CASE WHEN json_typeof(e) = 'null' THEN NULL ELSE e END"
+                          f" FROM json_array_elements(CAST(:p{n} AS json)) WITH ORDINALITY AS t(e, i) ORDER BY i)")
+            params[f"p{n}"] = json.dumps([row[key] for row in rows])
+            continue
+        arrays.append(f"CAST(:p{n} AS {column.type.compile(dialect=postgresql.dialect())}[])")
+        params[f"p{n}"] = [row[key] for row in rows]
     return arrays, values, params
 
 
