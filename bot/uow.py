@@ -428,7 +428,7 @@ _SAVE_ANSWERS_PROXY = Prepared(lambda d: update(_table(Assessment))
 
 
 def _arrays(table: Any, rows: list[dict[str, Any]], columns: tuple[str, ...], names: dict[str, str]) -> tuple[
-        list[str], list[str], dict[str, list[Any]]]:
+        list[str], list[str], dict[str, Any]]:
     """unnest's arguments (one array per column: typed, or built on the server from one JSON document for a JSON
     column), the select list and the parameters, for ``rows`` (dicts keyed by ``names.get(column, column)``)."""
     arrays, values, params = [], [], {}
