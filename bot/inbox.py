@@ -40,7 +40,8 @@ log = logging.getLogger("hoctap.inbox")
 
 # the literal, not a bound parameter: only then can the planners (a prepared statement's generic plan on
 # PostgreSQL, SQLite always) use the partial indexes of the pending rows (models/tables.py)
-_IS_PENDING = InboxUpdate.__table__.c.status == literal_column("'pending'")  # type: ignore[attr-defined]
+_INBOX = InboxUpdate.__table__  # type: ignore[attr-defined]
+_IS_PENDING = _INBOX.c.status == literal_column("'pending'")
 
 
 def store_update(
@@ -112,7 +113,7 @@ def _store_statement(n: int) -> Prepared:
     if prepared is None:
 
         def build(dialect: Any) -> Any:
-            table = InboxUpdate.__table__  # type: ignore[attr-defined]
+            table = _INBOX
             insert_of = postgresql.insert if dialect.name == "postgresql" else sqlite.insert
             return (
                 insert_of(table)
@@ -450,7 +451,7 @@ class InboxWorker:
         order here: with ORDER BY id in the statement SQLite chose the index of pending rows in order instead,
         to skip the sort, and read every pending row for each batch; under a backlog (the webhook accepting
         faster than the worker processes) that took more of the process than the flow steps themselves."""
-        table = InboxUpdate.__table__  # type: ignore[attr-defined]
+        table = _INBOX
         query = select(table.c.id, table.c.channel, table.c.chat_key, table.c.update_id).where(
             _IS_PENDING, table.c.channel.in_(list(self.channels)), table.c.chat_key.in_(chat_keys))
         heads: dict[tuple[str, str], tuple[tuple[int, int], int]] = {}
@@ -471,7 +472,7 @@ class InboxWorker:
         with Session(self.engine) as session:
             # the chats of the oldest pending rows: a bounded read of the partial index of pending rows ...
             window = size * 4 + len(skip)
-            table = InboxUpdate.__table__  # type: ignore[attr-defined]
+            table = _INBOX
             query = select(table.c.channel, table.c.chat_key).where(_IS_PENDING).order_by(table.c.id).limit(window)
             rows = session.connection().execute(query).all()
             if len(rows) == window and any(channel not in self.channels for channel, _key in rows):
@@ -580,7 +581,7 @@ class InboxWorker:
                 status, outcomes[row.id] = self._apply(session, row, inbound, now, deferred, preloaded)
                 marks.append({"b_id": row.id, "b_status": status})
             if marks:
-                table = InboxUpdate.__table__  # type: ignore[attr-defined]
+                table = _INBOX
                 session.flush()
                 if deferred is not None:
                     deferred.write(session)

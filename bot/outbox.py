@@ -61,6 +61,7 @@ log = logging.getLogger("hoctap.outbox")
 
 T = TypeVar("T")
 R = TypeVar("R")
+_Mark = tuple[int, str, datetime, str | None]  # a row sent, not yet marked: id, chat, when, platform message id
 
 PRIORITY_REPLY = 0
 PRIORITY_BULK = 10
@@ -576,7 +577,7 @@ class OutboxSender:
         self._stopping = False
         self._next_sweep = 0.0
         # rows sent, not yet marked: the next claim marks them in its own turn of the write lock (see _claim)
-        self._sent: list[tuple[int, str, datetime, str | None]] = []
+        self._sent: list[_Mark] = []
         self._waiting = 0  # claimed rows waiting for their token
         # rows claimed ahead of their tokens: ~0.1 s of sending, so that the time a claim takes (a commit,
         # slower on a busy machine) does not slow the rate; a crash leaves at most these unconfirmed unsent
@@ -701,18 +702,13 @@ class OutboxSender:
                     await settle_some()
                     continue
                 want = max(1, min(free, self.batch_size, self.bucket.available() + ahead))
-                marks, self._sent = self._sent, []
-                try:
-                    rows, wait = await asyncio.to_thread(self._claim, want, marks)
-                except BaseException:
-                    self._sent[:0] = marks  # not written: the next claim (or the last flush) tries them again
-                    raise
+                (rows, wait), marked = await self._with_marks(lambda marks, want=want: self._claim(want, marks))
                 for row in rows:
                     self._in_flight_chats.add(row.chat_id)
                     self._waiting += 1
                     tasks.add(asyncio.create_task(self._send_row(row)))
                 handled += len(rows)
-                if rows or marks:
+                if rows or marked:
                     continue  # (marks: their chats' next rows may be ready now; the claim's reads came before)
                 if tasks:
                     await settle_some()  # a call in flight may free its chat's next row
@@ -724,13 +720,19 @@ class OutboxSender:
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
             if self._sent:  # the last calls' marks: no claim follows them
-                marks, self._sent = self._sent, []
-                try:
-                    await asyncio.to_thread(self._mark_sent, marks)
-                except BaseException:
-                    self._sent[:0] = marks
-                    raise
+                await self._with_marks(self._mark_sent)
         return handled
+
+    async def _with_marks(self, write: Callable[[list[_Mark]], R]) -> tuple[R, int]:
+        """Run ``write`` (in a thread) with the marks of the rows sent so far, taken off ``_sent``; if it
+        raises they go back, for the next claim (or the last flush) to write. Returns its result and how
+        many marks it took."""
+        marks, self._sent = self._sent, []
+        try:
+            return await asyncio.to_thread(write, marks), len(marks)
+        except BaseException:
+            self._sent[:0] = marks
+            raise
 
     async def _sleep_or_wake(self, seconds: float) -> None:
         sleeper = asyncio.ensure_future(self.sleep(seconds))
@@ -744,7 +746,7 @@ class OutboxSender:
 
     # claiming and marking (sync, run in a thread)
 
-    def _claim(self, want: int, marks: list[tuple[int, str, datetime, str | None]] | None = None,
+    def _claim(self, want: int, marks: list[_Mark] | None = None,
                ) -> tuple[list[_Claimed], float | None]:
         """Claim up to ``want`` rows to send now, heads of distinct chats; and the seconds until the next row
         that waits only for its chat's interval (None when there is none soon).
@@ -898,7 +900,7 @@ class OutboxSender:
         conn.execute(_SQLITE_DEFER, {"channel": self.channel, "chats": json.dumps(
             [[chat, when(until)] for chat, until in chats], ensure_ascii=False, separators=(",", ":"))})
 
-    def _mark_sent(self, marks: list[tuple[int, str, datetime, str | None]]) -> None:
+    def _mark_sent(self, marks: list[_Mark]) -> None:
         """Mark many rows sent in one transaction of their own (when no claim follows them)."""
         with write_lock(self.engine), self.engine.begin() as conn:
             if conn.dialect.name == "postgresql":
@@ -909,7 +911,7 @@ class OutboxSender:
                 conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
             self._write_marks(conn, marks)
 
-    def _write_marks(self, conn: Any, marks: list[tuple[int, str, datetime, str | None]]) -> None:
+    def _write_marks(self, conn: Any, marks: list[_Mark]) -> None:
         """Mark rows sent, in the caller's transaction; their chats' next rows wait for the interval."""
         if conn.dialect.name == "postgresql":
             conn.execute(_PG_MARK, {"ids": [m[0] for m in marks], "ats": [m[2] for m in marks],

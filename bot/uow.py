@@ -215,7 +215,7 @@ class Deferred:
         ids = list(self.answers)
         staged = [self.answers[i] for i in ids]
         _SAVE_ANSWERS_MANY.rows(session, {
-            "ids": ids, "deltas": [json.dumps(a["delta"]) for a in staged],
+            "ids": ids, "deltas": json.dumps([a["delta"] for a in staged]),
             "answered_by": [a["answered_by"] for a in staged], "proxy_by": [a["proxy_by"] for a in staged],
             "now": self.now or utcnow()})
         for assessment_id in ids:
@@ -487,8 +487,11 @@ def _save_answers_many_statement(_dialect: Any) -> Any:
     """PostgreSQL: _SAVE_ANSWERS / _SAVE_ANSWERS_PROXY for many assessments in one UPDATE … FROM unnest: each
     row's delta merged into the answers as they are at the UPDATE; proxy set where a proxy_by is given."""
     a = _table(Assessment)
-    d = func.unnest(bindparam("ids", type_=postgresql.ARRAY(Integer)),
-                    bindparam("deltas", type_=postgresql.ARRAY(Text)),
+    # the deltas as ONE JSON document made an array on the server, as _arrays does for the JSON columns: a
+    # text[] parameter would be an array literal that psycopg escapes quote by quote in Python
+    deltas = text("ARRAY(SELECT e FROM jsonb_array_elements(CAST(:deltas AS jsonb)) WITH ORDINALITY AS t(e, i)"
+                  " ORDER BY i)").bindparams(bindparam("deltas", type_=Text))
+    d = func.unnest(bindparam("ids", type_=postgresql.ARRAY(Integer)), deltas,
                     bindparam("answered_by", type_=postgresql.ARRAY(Integer)),
                     bindparam("proxy_by", type_=postgresql.ARRAY(Integer))).table_valued(
         "id", "delta", "answered_by", "proxy_by").render_derived(name="d")

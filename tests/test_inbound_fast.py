@@ -168,3 +168,36 @@ def test_two_answers_to_one_assessment_saved_at_once_are_both_kept(engine: Engin
         second.close()
     with Session(engine) as session:
         assert session.get(Assessment, ident).answers == {"q0": 1, "q1": True, "q2": False}
+
+
+def test_staged_answers_of_many_assessments_reach_their_own_rows(engine: Engine) -> None:
+    """PostgreSQL: bot.uow.Deferred writes a batch's answers in ONE UPDATE, the deltas going as one JSON
+    document made an array on the server. Each assessment gets its own delta (merged into what it had), in the
+    order staged, quotes and diacritics intact; answered_by and the proxy columns per row."""
+    from bot.uow import Deferred
+
+    if engine.dialect.name != "postgresql":
+        pytest.skip("answers are staged on PostgreSQL only")
+    with Session(engine) as session:
+        ensure_commune(session, GIA_LOC)
+        rows = [Assessment(commune_code=GIA_LOC, subject_type="household", subject_id=n, title="gia_dinh", year=2026,
+                           answers={"q0": n}) for n in range(1, 5)]
+        leaders = [Person(name="Trưởng thôn Một"), Person(name="Trưởng thôn Hai")]
+        session.add_all([*rows, *leaders])
+        session.commit()
+        ids, proxies = [row.id for row in rows], [None, leaders[0].id, None, leaders[1].id]
+    deltas = [{"q1": 'nói "có"'}, {"q1": None, "q2": ["a", "b\\c"]}, {"q0": "Đã đọc {sách}"}, {"q3": 3.5}]
+    deferred = Deferred()
+    with Session(engine) as session:
+        for n, (ident, delta) in enumerate(reversed(list(zip(ids, deltas, strict=True)))):
+            for criterion, value in delta.items():
+                deferred.save_answer(ident, criterion, value, answered_by=None, proxy_by=proxies[n], now=AT)
+        deferred.flush_answers(session)
+        session.commit()
+    with Session(engine) as session:
+        stored = {row.id: row for row in session.exec(orm_select(Assessment).where(Assessment.id.in_(ids))).all()}  # type: ignore[union-attr]
+        assert [stored[i].answers for i in ids] == [{"q0": n + 1, **delta} for n, delta in enumerate(deltas)]
+        # staged in reverse: the last id without a proxy, the one before by the first leader, ...
+        assert [(stored[i].proxy, stored[i].proxy_by) for i in reversed(ids)] == [
+            (False, None), (True, proxies[1]), (False, None), (True, proxies[3])]
+        assert all(stored[i].updated_at == AT for i in ids)
