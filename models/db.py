@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.sql.expression import Executable
 from sqlmodel import Session, create_engine
 
@@ -93,9 +93,10 @@ class Prepared:
             compiled = self._compiled[dialect] = _Compiled(self._build(dialect), dialect)
         return compiled
 
-    def rows(self, session: Session, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-        """Execute with one set of parameters; the result rows (converted), [] for a statement without."""
-        conn = session.connection()
+    def rows(self, session: Session | Connection, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        """Execute with one set of parameters; the result rows (converted), [] for a statement without. On a
+        Session, in its transaction; on a Connection, in the connection's."""
+        conn = session if isinstance(session, Connection) else session.connection()
         compiled = self._get(conn.dialect)
         cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
