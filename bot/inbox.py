@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 import weakref
@@ -28,7 +29,7 @@ from typing import Any, Protocol
 from sqlalchemy import bindparam, literal_column, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import Session, select
 
 from bot.outbox import PRIORITY_REPLY, GroupCommit, enqueue, insert_ignore, utcnow, write_lock
 from flows.types import Event, Say
@@ -42,6 +43,47 @@ log = logging.getLogger("hoctap.inbox")
 # PostgreSQL, SQLite always) use the partial indexes of the pending rows (models/tables.py)
 _INBOX = InboxUpdate.__table__  # type: ignore[attr-defined]
 _IS_PENDING = _INBOX.c.status == literal_column("'pending'")
+
+
+# The worker's own statements, compiled once (models.db.Prepared) and run on the session's cursor: built afresh
+# through SQLAlchemy for each batch, with expanding IN lists of a batch's chats and ids, they cost more of the
+# worker than the database did. A list goes as one parameter: a JSON array read by json_each on SQLite, an
+# array on PostgreSQL (as bot/outbox.py's claim).
+def _listed(dialect: Any, column: str, name: str, sql_type: str) -> str:
+    if dialect.name == "postgresql":
+        return f"{column} = ANY(CAST(:{name} AS {sql_type}[]))"
+    return f"{column} IN (SELECT value FROM json_each(:{name}))"
+
+
+def _list_param(dialect: Any, values: list[Any]) -> Any:
+    return values if dialect.name == "postgresql" else json.dumps(values, ensure_ascii=False, separators=(",", ":"))
+
+
+# the chats of the oldest pending rows: a bounded read of the partial index of pending rows
+_OLDEST = Prepared(lambda _d: select(_INBOX.c.channel, _INBOX.c.chat_key).where(_IS_PENDING).order_by(_INBOX.c.id)
+                   .limit(bindparam("window")))
+# the pending rows of the listed chats (ix_inbox_chat), no payloads
+_CHATS_PENDING = Prepared(lambda d: text(
+    "SELECT id, channel, chat_key, update_id FROM inboxupdate WHERE status = 'pending'"
+    f" AND {_listed(d, 'chat_key', 'keys', 'text')} AND {_listed(d, 'channel', 'channels', 'text')}"
+).columns(_INBOX.c.id, _INBOX.c.channel, _INBOX.c.chat_key, _INBOX.c.update_id))
+_ROWS = Prepared(lambda d: text(
+    "SELECT id, update_id, payload, attempts, channel, chat_key, status FROM inboxupdate"
+    f" WHERE {_listed(d, 'id', 'ids', 'bigint')}"
+).columns(_INBOX.c.id, _INBOX.c.update_id, _INBOX.c.payload, _INBOX.c.attempts, _INBOX.c.channel,
+          _INBOX.c.chat_key, _INBOX.c.status))
+_LOCK_ROWS = Prepared(lambda _d: text("SELECT id FROM inboxupdate WHERE id = ANY(CAST(:ids AS bigint[])) FOR UPDATE"))
+_TRY_CHAT_LOCKS = Prepared(lambda _d: text(
+    "SELECT k, pg_try_advisory_xact_lock(hashtext(k)) FROM unnest(CAST(:keys AS text[])) AS k"))
+# the batch's marks in one statement (ids are unique in a batch)
+_MARK = Prepared(lambda d: text(
+    "UPDATE inboxupdate AS t SET status = v.status, processed_at = :now, attempts = t.attempts + 1, error = NULL"
+    " FROM unnest(CAST(:ids AS bigint[]), CAST(:statuses AS text[])) AS v(id, status) WHERE t.id = v.id"
+    if d.name == "postgresql" else
+    "UPDATE inboxupdate SET status = json_extract(v.value, '$[1]'), processed_at = :now,"
+    " attempts = inboxupdate.attempts + 1, error = NULL FROM json_each(:marks) AS v"
+    " WHERE inboxupdate.id = json_extract(v.value, '$[0]')"
+).bindparams(bindparam("now", type_=_INBOX.c.processed_at.type)))
 
 
 def store_update(
@@ -451,13 +493,10 @@ class InboxWorker:
         order here: with ORDER BY id in the statement SQLite chose the index of pending rows in order instead,
         to skip the sort, and read every pending row for each batch; under a backlog (the webhook accepting
         faster than the worker processes) that took more of the process than the flow steps themselves."""
-        table = _INBOX
-        query = select(table.c.id, table.c.channel, table.c.chat_key, table.c.update_id).where(
-            _IS_PENDING, table.c.channel.in_(list(self.channels)), table.c.chat_key.in_(chat_keys))
+        dialect = session.get_bind().dialect
         heads: dict[tuple[str, str], tuple[tuple[int, int], int]] = {}
-        # Core, not the ORM's session.exec: the same SQL without the ORM's per-execution work (a tenth of the
-        # inbox worker's samples went to its head queries)
-        for row_id, channel, key, update_id in sorted(session.connection().execute(query).all()):
+        for row_id, channel, key, update_id in sorted(_CHATS_PENDING.rows(session, {
+                "keys": _list_param(dialect, chat_keys), "channels": _list_param(dialect, list(self.channels))})):
             order = self._order_key(channel, update_id, row_id or 0)
             current = heads.get((channel, key))
             if current is None or order < current[0]:
@@ -472,13 +511,13 @@ class InboxWorker:
         with Session(self.engine) as session:
             # the chats of the oldest pending rows: a bounded read of the partial index of pending rows ...
             window = size * 4 + len(skip)
-            table = _INBOX
-            query = select(table.c.channel, table.c.chat_key).where(_IS_PENDING).order_by(table.c.id).limit(window)
-            rows = session.connection().execute(query).all()
+            rows = _OLDEST.rows(session, {"window": window})
             if len(rows) == window and any(channel not in self.channels for channel, _key in rows):
                 # ... filtered by channel in SQL only when another process's channels fill the window: with
                 # that filter, and statistics that lag a burst, PostgreSQL read and sorted every pending row
-                rows = session.connection().execute(query.where(table.c.channel.in_(list(self.channels)))).all()
+                rows = session.connection().execute(
+                    select(_INBOX.c.channel, _INBOX.c.chat_key).where(_IS_PENDING, _INBOX.c.channel.in_(list(self.channels)))
+                    .order_by(_INBOX.c.id).limit(window)).all()
             chats: dict[tuple[str, str], None] = {}
             for channel, key in rows:
                 if channel in self.channels and (channel, key) not in skip:
@@ -492,17 +531,15 @@ class InboxWorker:
             ids = [heads[chat][1] for chat in chats if chat in heads]
             if not ids:
                 return []
-            rows = {  # Core rows: no ORM instances to build for rows that are only read
-                row.id: row
-                for row in session.connection().execute(
-                    select(table.c.id, table.c.update_id, table.c.payload, table.c.attempts, table.c.channel,
-                           table.c.chat_key, table.c.status).where(table.c.id.in_(ids))).all()
-            }
-        return [
-            _Pending(row.id, row.update_id, dict(row.payload), row.attempts, row.channel, row.chat_key)
-            for row_id in ids
-            if (row := rows.get(row_id)) is not None and row.status == "pending"
-        ]
+            dialect = session.get_bind().dialect
+            found = {row[0]: row for row in _ROWS.rows(session, {"ids": _list_param(dialect, ids)})}
+        pending = []
+        for row_id in ids:
+            row = found.get(row_id)
+            if row is not None and row[6] == "pending":
+                _id, update_id, payload, attempts, channel, chat_key, _status = row
+                pending.append(_Pending(row_id, update_id, dict(payload), attempts, channel, chat_key))
+        return pending
 
     def _maybe_analyze(self) -> None:
         """PostgreSQL: refresh the inbox table's statistics after every ``analyze_rows`` handled rows (at most
@@ -544,10 +581,7 @@ class InboxWorker:
                 # (several chats in one transaction) only try: waiting there could deadlock. One statement
                 # tries them all (a batch has one row per chat).
                 keys = [f"inbox:{row.channel}:{row.chat_key}" for row, _inbound in batch]
-                locked = {key: bool(got) for key, got in session.execute(
-                    text("SELECT k, pg_try_advisory_xact_lock(hashtext(k)) FROM unnest(CAST(:keys AS text[])) AS k"),
-                    {"keys": keys},
-                ).all()}
+                locked = {key: bool(got) for key, got in _TRY_CHAT_LOCKS.rows(session, {"keys": keys})}
             for row, inbound in batch:
                 if postgres:
                     key = f"inbox:{row.channel}:{row.chat_key}"
@@ -558,9 +592,7 @@ class InboxWorker:
                         continue
                 todo.append((row, inbound))
             if postgres and todo:
-                session.exec(
-                    select(InboxUpdate.id).where(col(InboxUpdate.id).in_([r.id for r, _ in todo])).with_for_update()
-                ).all()
+                _LOCK_ROWS.rows(session, {"ids": [r.id for r, _ in todo]})
             heads = self._pending_heads(session, sorted({r.chat_key for r, _ in todo})) if todo else {}
             started = time.perf_counter()  # the rows' own work sizes the batches, not the fixed queries above
             deferred = _deferred() if self.process is None else None
@@ -579,27 +611,15 @@ class InboxWorker:
                     loads.clear()  # a step changed more than its own answers: the rest read afresh
                 preloaded = loads.pop((row.channel, inbound.user_id or inbound.chat_id), None)
                 status, outcomes[row.id] = self._apply(session, row, inbound, now, deferred, preloaded)
-                marks.append({"b_id": row.id, "b_status": status})
+                marks.append((row.id, status))
             if marks:
-                table = _INBOX
                 session.flush()
                 if deferred is not None:
                     deferred.write(session)
-                if postgres and len(marks) > 1:  # one statement for the batch's marks (ids are unique)
-                    session.connection().execute(text(
-                        "UPDATE inboxupdate AS t SET status = v.status, processed_at = :now,"
-                        " attempts = t.attempts + 1, error = NULL"
-                        " FROM unnest(CAST(:ids AS integer[]), CAST(:statuses AS text[])) AS v(id, status)"
-                        " WHERE t.id = v.id"),
-                        {"ids": [m["b_id"] for m in marks], "statuses": [m["b_status"] for m in marks], "now": now})
+                if postgres:
+                    _MARK.rows(session, {"ids": [m[0] for m in marks], "statuses": [m[1] for m in marks], "now": now})
                 else:
-                    session.connection().execute(
-                        update(table)
-                        .where(table.c.id == bindparam("b_id"))
-                        .values(status=bindparam("b_status"), processed_at=now, attempts=table.c.attempts + 1,
-                                error=None),
-                        marks,
-                    )
+                    _MARK.rows(session, {"marks": json.dumps(marks), "now": now})
             session.commit()
             if todo:
                 self._row_seconds = 0.7 * self._row_seconds + 0.3 * (time.perf_counter() - started) / len(todo)
