@@ -1029,7 +1029,7 @@ def record_decision(
 ) -> ReviewDecision:
     """Append a decision, set the assessment's status to it and queue the message for the family."""
     now = now or utcnow()
-    reason = (reason or "").strip()
+    reason = (reason or "").replace("\x00", "").strip()  # PostgreSQL refuses a NUL in text
     if decision not in DECISIONS:
         raise ReviewError("Quyết định không hợp lệ.")
     if decision in ("return", "reject") and not reason:

@@ -22,6 +22,9 @@ MAX_ID = 2**31 - 1
 IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
 IdQuery = Annotated[int | None, Query(ge=1, le=MAX_ID)]
 YearQuery = Annotated[int | None, Query(ge=2000, le=2100)]
+# a title's id as in criteria/*.yaml ("gia_dinh"); empty: every title. Free text here reached the database, and
+# PostgreSQL refuses a NUL in any text value (500: tests/reliability/test_bug_api_nul_query.py)
+TitleQuery = Annotated[str, Query(max_length=40, pattern=r"^[a-z_]*$", description="A title's id, e.g. gia_dinh.")]
 QueueState = Literal["pending", "returned", "recognised", "rejected", "all"]
 
 
@@ -50,7 +53,8 @@ Ctx = Annotated[auth.OfficerContext, Depends(api_officer)]
 
 class DecisionIn(BaseModel):
     decision: Literal["recognise", "return", "reject"]
-    reason: str = Field(default="", max_length=500, description="Required for return and reject; sent to the family.")
+    reason: str = Field(default="", max_length=500, pattern=r"^[^\x00]*$",  # no NUL: PostgreSQL refuses it
+                        description="Required for return and reject; sent to the family.")
 
 
 class DecisionOut(BaseModel):
@@ -96,7 +100,7 @@ def commune_villages(code: IdPath, session: DB, ctx: Ctx) -> list[dict[str, Any]
 
 @router.get("/assessments")
 def list_assessments(
-    session: DB, ctx: Ctx, year: YearQuery = None, title: str = "", state: QueueState = "pending",
+    session: DB, ctx: Ctx, year: YearQuery = None, title: TitleQuery = "", state: QueueState = "pending",
     commune: IdQuery = None, village: IdQuery = None,
     limit: Annotated[int | None, Query(ge=1, le=10_000, description="At most this many (default: all).")] = None,
     offset: Annotated[int, Query(ge=0, le=MAX_ID, description="Skip this many first (with limit).")] = 0,

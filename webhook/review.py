@@ -197,6 +197,7 @@ def login_submit(
 ) -> Response:
     now = auth.request_now(request)
     ip = request.client.host if request.client else "?"
+    username = username.replace("\x00", "")  # PostgreSQL refuses a NUL in text (no user name has one)
     if auth.too_many_failures(session, username, ip, now):
         return render(request, "review/login.html", {
             "next": _safe_next(next), "username": username,
