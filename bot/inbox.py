@@ -33,7 +33,7 @@ from sqlmodel import Session, select
 
 from bot.outbox import PRIORITY_REPLY, GroupCommit, enqueue, insert_ignore, utcnow, write_lock
 from flows.types import Event, Say
-from models.db import Prepared
+from models.db import Prepared, in_list, list_param
 from models.settings import Settings
 from models.tables import ChatIdentity, InboxUpdate, Person
 
@@ -47,17 +47,7 @@ _IS_PENDING = _INBOX.c.status == literal_column("'pending'")
 
 # The worker's own statements, compiled once (models.db.Prepared) and run on the session's cursor: built afresh
 # through SQLAlchemy for each batch, with expanding IN lists of a batch's chats and ids, they cost more of the
-# worker than the database did. A list goes as one parameter: a JSON array read by json_each on SQLite, an
-# array on PostgreSQL (as bot/outbox.py's claim).
-def _listed(dialect: Any, column: str, name: str, sql_type: str) -> str:
-    if dialect.name == "postgresql":
-        return f"{column} = ANY(CAST(:{name} AS {sql_type}[]))"
-    return f"{column} IN (SELECT value FROM json_each(:{name}))"
-
-
-def _list_param(dialect: Any, values: list[Any]) -> Any:
-    return values if dialect.name == "postgresql" else json.dumps(values, ensure_ascii=False, separators=(",", ":"))
-
+# worker than the database did. A list goes as one parameter (models.db.in_list), as in bot/outbox.py's claim.
 
 # the chats of the oldest pending rows: a bounded read of the partial index of pending rows
 _OLDEST = Prepared(lambda _d: select(_INBOX.c.channel, _INBOX.c.chat_key).where(_IS_PENDING).order_by(_INBOX.c.id)
@@ -65,11 +55,11 @@ _OLDEST = Prepared(lambda _d: select(_INBOX.c.channel, _INBOX.c.chat_key).where(
 # the pending rows of the listed chats (ix_inbox_chat), no payloads
 _CHATS_PENDING = Prepared(lambda d: text(
     "SELECT id, channel, chat_key, update_id FROM inboxupdate WHERE status = 'pending'"
-    f" AND {_listed(d, 'chat_key', 'keys', 'text')} AND {_listed(d, 'channel', 'channels', 'text')}"
+    f" AND {in_list(d, 'chat_key', 'keys', 'text')} AND {in_list(d, 'channel', 'channels', 'text')}"
 ).columns(_INBOX.c.id, _INBOX.c.channel, _INBOX.c.chat_key, _INBOX.c.update_id))
 _ROWS = Prepared(lambda d: text(
     "SELECT id, update_id, payload, attempts, channel, chat_key, status FROM inboxupdate"
-    f" WHERE {_listed(d, 'id', 'ids', 'bigint')}"
+    f" WHERE {in_list(d, 'id', 'ids', 'bigint')}"
 ).columns(_INBOX.c.id, _INBOX.c.update_id, _INBOX.c.payload, _INBOX.c.attempts, _INBOX.c.channel,
           _INBOX.c.chat_key, _INBOX.c.status))
 _LOCK_ROWS = Prepared(lambda _d: text("SELECT id FROM inboxupdate WHERE id = ANY(CAST(:ids AS bigint[])) FOR UPDATE"))
@@ -496,7 +486,7 @@ class InboxWorker:
         dialect = session.get_bind().dialect
         heads: dict[tuple[str, str], tuple[tuple[int, int], int]] = {}
         for row_id, channel, key, update_id in sorted(_CHATS_PENDING.rows(session, {
-                "keys": _list_param(dialect, chat_keys), "channels": _list_param(dialect, list(self.channels))})):
+                "keys": list_param(dialect, chat_keys), "channels": list_param(dialect, list(self.channels))})):
             order = self._order_key(channel, update_id, row_id or 0)
             current = heads.get((channel, key))
             if current is None or order < current[0]:
@@ -532,7 +522,7 @@ class InboxWorker:
             if not ids:
                 return []
             dialect = session.get_bind().dialect
-            found = {row[0]: row for row in _ROWS.rows(session, {"ids": _list_param(dialect, ids)})}
+            found = {row[0]: row for row in _ROWS.rows(session, {"ids": list_param(dialect, ids)})}
         pending = []
         for row_id in ids:
             row = found.get(row_id)

@@ -55,7 +55,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from flows.types import Say
-from models.db import Prepared
+from models.db import Prepared, in_list, list_param
 from models.tables import ChatIdentity, OutboxMessage, Person
 
 log = logging.getLogger("hoctap.outbox")
@@ -508,18 +508,8 @@ _SQLITE_DEFER = text(
 
 # The claim's three statements, compiled once (models.db.Prepared) and run on the connection's own cursor: built
 # afresh through SQLAlchemy for each claim, with expanding IN lists of up to 256 values, they cost several
-# times what the database did (SQLite: ~1 of 6 ms per claim of 64 rows). A list goes as one parameter: a JSON
-# array read by json_each on SQLite, an array on PostgreSQL.
-def _listed(dialect: Any, column: str, name: str, sql_type: str) -> str:
-    if dialect.name == "postgresql":
-        return f"{column} = ANY(CAST(:{name} AS {sql_type}[]))"
-    return f"{column} IN (SELECT value FROM json_each(:{name}))"
-
-
-def _list_param(dialect: Any, values: list[Any]) -> Any:
-    return values if dialect.name == "postgresql" else json.dumps(values, ensure_ascii=False, separators=(",", ":"))
-
-
+# times what the database did (SQLite: ~1 of 6 ms per claim of 64 rows). A list goes as one parameter
+# (models.db.in_list): a JSON array read by json_each on SQLite, an array on PostgreSQL.
 def _claim_page(_dialect: Any) -> Any:
     """The ready rows in (priority, not_before, id) order, as ix_outbox_ready holds them; no payloads."""
     table = OutboxMessage.__table__  # type: ignore[attr-defined]
@@ -536,7 +526,7 @@ def _claim_heads(dialect: Any) -> Any:
     table = OutboxMessage.__table__  # type: ignore[attr-defined]
     return text(
         "SELECT chat_id, min(id) FROM outboxmessage WHERE channel = :channel"
-        f" AND {_listed(dialect, 'chat_id', 'chats', 'text')}"
+        f" AND {in_list(dialect, 'chat_id', 'chats', 'text')}"
         " AND (coalesce(status, '') = 'sending' OR (coalesce(status, '') = 'queued' AND not_before <= :now))"
         " GROUP BY chat_id"
     ).bindparams(bindparam("now", type_=table.c.not_before.type)).columns(table.c.chat_id, table.c.id)
@@ -547,7 +537,7 @@ def _claim_update(dialect: Any) -> Any:
     table = OutboxMessage.__table__  # type: ignore[attr-defined]
     return text(
         "UPDATE outboxmessage SET status = 'sending', attempts = attempts + 1, not_before = :until"
-        f" WHERE {_listed(dialect, 'id', 'ids', 'bigint')} AND status = 'queued' AND not_before <= :now"
+        f" WHERE {in_list(dialect, 'id', 'ids', 'bigint')} AND status = 'queued' AND not_before <= :now"
         " RETURNING id, payload"
     ).bindparams(bindparam("now", type_=table.c.not_before.type),
                  bindparam("until", type_=table.c.not_before.type)).columns(table.c.id, table.c.payload)
@@ -836,7 +826,7 @@ class OutboxSender:
                     break
                 heads = dict(_CLAIM_HEADS.rows(conn, {
                     "channel": self.channel, "now": now,
-                    "chats": _list_param(conn.dialect, sorted({chat_id for _id, chat_id, _a, _p in page}))}))
+                    "chats": list_param(conn.dialect, sorted({chat_id for _id, chat_id, _a, _p in page}))}))
                 found = [row for row in page if heads.get(row[1]) == row[0]]
                 if found or len(page) < limit or limit >= 4096:
                     break
@@ -864,7 +854,7 @@ class OutboxSender:
                     # no longer queued once its claim commits, so this UPDATE passes it over and it is not sent
                     # twice
                     claimed = dict(_CLAIM_UPDATE.rows(conn, {
-                        "ids": _list_param(conn.dialect, [c.id for c in chosen]), "now": now,
+                        "ids": list_param(conn.dialect, [c.id for c in chosen]), "now": now,
                         # not_before again: another process may have put a row back to wait (a 429, a retry)
                         # since the page was read
                         "until": now + self.lease}))

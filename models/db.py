@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -121,6 +122,20 @@ class Prepared:
 
 
 _PREPARED: weakref.WeakSet[Prepared] = weakref.WeakSet()
+
+
+def in_list(dialect: Dialect, column: str, name: str, sql_type: str) -> str:
+    """SQL text for "``column`` is one of the list bound as ``:name``", for a Prepared statement (which takes no
+    expanding IN lists): an array on PostgreSQL (``sql_type`` its elements' type), a JSON array read by
+    json_each on SQLite. Bind the list with ``list_param``."""
+    if dialect.name == "postgresql":
+        return f"{column} = ANY(CAST(:{name} AS {sql_type}[]))"
+    return f"{column} IN (SELECT value FROM json_each(:{name}))"
+
+
+def list_param(dialect: Dialect, values: list[Any]) -> Any:
+    """The parameter of an ``in_list``: the list itself on PostgreSQL, its JSON text on SQLite."""
+    return values if dialect.name == "postgresql" else json.dumps(values, ensure_ascii=False, separators=(",", ":"))
 
 
 class _Compiled:
