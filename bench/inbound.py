@@ -500,14 +500,31 @@ class Result:
     notes: list[str] = field(default_factory=list)
 
 
+def any_left(url: str) -> bool:
+    """Whether an inbox row is pending or an outbox row unsent: two index lookups. Counting them (backlog()) took
+    PostgreSQL 60 ms a time with tens of thousands of rows sent, charged to the app's CPU every half second of
+    the drain."""
+    from sqlalchemy import text
+
+    from models.db import make_engine
+
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return bool(conn.execute(text(
+                "SELECT EXISTS (SELECT 1 FROM inboxupdate WHERE status = 'pending')"
+                " OR EXISTS (SELECT 1 FROM outboxmessage WHERE status = 'queued')"
+                " OR EXISTS (SELECT 1 FROM outboxmessage WHERE status = 'sending')")).scalar())
+    finally:
+        engine.dispose()
+
+
 def wait_drained(url: str, limit: float) -> float:
     """Wait (at most ``limit`` s) until no inbox row is pending and no outbox row is queued; seconds waited."""
     started = time.monotonic()
-    while True:
-        pending, queued = backlog(url)
-        if pending == 0 and queued == 0:
-            break
+    while any_left(url):
         if time.monotonic() - started > limit:
+            pending, queued = backlog(url)
             print(f"    backlog not drained after {limit:.0f}s: {pending:,} inbox pending, {queued:,} outbox queued")
             break
         time.sleep(0.5)

@@ -108,6 +108,18 @@ class Prepared:
         finally:
             cursor.close()
 
+    def plan(self, conn: Connection, params: dict[str, Any]) -> str:
+        """The database's plan for the statement with these parameters (EXPLAIN on PostgreSQL, EXPLAIN QUERY
+        PLAN on SQLite; nothing is executed), as text: which index a statement uses, for the tests."""
+        compiled = self._get(conn.dialect)
+        prefix = "EXPLAIN " if conn.dialect.name == "postgresql" else "EXPLAIN QUERY PLAN "
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(prefix + compiled.sql, compiled.parameters(params))
+            return "\n".join(" ".join(str(value) for value in row) for row in cursor.fetchall())
+        finally:
+            cursor.close()
+
     def many(self, session: Session, params: Sequence[dict[str, Any]]) -> None:
         """Execute once per parameter set (the driver's executemany); no result rows."""
         if not params:

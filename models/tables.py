@@ -312,12 +312,23 @@ class InboxUpdate(SQLModel, table=True):
     processed_at: datetime | None = ts_field()
 
 
+_QUEUED = text("status = 'queued'")
+_SENDING = text("status = 'sending'")
+
+
 class OutboxMessage(SQLModel, table=True):
     """An outgoing message with an idempotency key: sent once, survives restarts."""
 
     __table_args__ = (
-        Index("ix_outbox_ready", "channel", "status", "priority", "not_before", "id"),
-        # per-chat order and interval: a chat's earlier unsent rows, its queued rows
+        # the rows waiting to go, in the claim's order: a partial index (sent rows are most of the table and
+        # stay), as small as the queue; a claim or a mark writes no entry into it. Queries name the literal
+        # 'queued' (bot/outbox.py). It cannot serve a statement about rows sending, or sending and queued: the
+        # claim's per-chat heads are left to ix_outbox_chat whatever the statistics say
+        Index("ix_outbox_ready", "channel", "priority", "not_before", "id",
+              sqlite_where=_QUEUED, postgresql_where=_QUEUED),
+        # the rows in flight, for the lease sweep (bot/outbox.py settle_unconfirmed): a handful at any time
+        Index("ix_outbox_sending", "channel", "not_before", sqlite_where=_SENDING, postgresql_where=_SENDING),
+        # per-chat order and interval: a chat's earlier unsent rows, its queued rows; a chat's history
         Index("ix_outbox_chat", "channel", "chat_id", "status", "id"),
     )
     id: int | None = Field(default=None, primary_key=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -454,6 +455,54 @@ def test_the_sender_analyzes_an_outbox_whose_statistics_are_missing(engine) -> N
     claimed, _wait = sender._claim(4)
     assert len(claimed) == 4
     assert analyzed()
+
+
+def test_the_claims_statements_read_only_unsent_rows_through_their_indexes_after_a_fan_out(engine) -> None:
+    """A chat's sent rows are its whole history (a family answering a season's questions has hundreds): the
+    claim's per-chat heads and the deferrals find a chat's unsent rows through ix_outbox_chat with the status
+    as an index condition, never reading the sent ones; the page of ready rows goes through the partial ready
+    index. On PostgreSQL this holds right after a bulk enqueue, before statistics that know of it, when it once
+    chose the ready index for the per-chat statements and read every queued row for each chat."""
+    from sqlalchemy import bindparam, text
+
+    from bot.outbox import _CLAIM_HEADS, _CLAIM_PAGE, _DEFER
+    from models.db import list_param
+
+    now = datetime.now(UTC)
+    history = text(  # 20,000 sent rows, 100 for each of 200 chats; then 3,000 queued rows for other chats
+        "INSERT INTO outboxmessage (idempotency_key, channel, chat_id, payload, priority, status, attempts,"
+        " not_before, created_at) WITH RECURSIVE g(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM g WHERE i < :n - 1)"
+        " SELECT :prefix || CAST(i AS TEXT), 'telegram', CAST(i % :chats AS TEXT), '{\"text\": \"x\"}', :priority,"
+        " :status, 1, :now, :now FROM g").bindparams(bindparam("now", type_=OutboxMessage.__table__.c.not_before.type))
+    with engine.begin() as conn:
+        conn.execute(history, {"n": 20000, "prefix": "old:", "chats": 200, "priority": 0, "status": "sent", "now": now})
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:  # statistics of the history (the sender's first claim takes them)
+            conn.execute(text("ANALYZE outboxmessage"))
+            conn.commit()
+    with engine.begin() as conn:  # a fan-out, with no ANALYZE after it
+        conn.execute(history, {"n": 3000, "prefix": "bulk:", "chats": 3000, "priority": PRIORITY_BULK,
+                               "status": "queued", "now": now})
+    chats = [str(i) for i in range(0, 400, 8)]  # 25 with history, 25 without
+    with engine.connect() as conn:
+        dialect = conn.dialect
+        page = _CLAIM_PAGE.plan(conn, {"channel": "telegram", "now": now, "limit": 256})
+        heads = _CLAIM_HEADS.plan(conn, {"channel": "telegram", "now": now, "chats": list_param(dialect, chats)})
+        if dialect.name == "postgresql":
+            defer = _DEFER.plan(conn, {"channel": "telegram", "chats": chats, "untils": [now] * len(chats)})
+        else:
+            defer = _DEFER.plan(conn, {"channel": "telegram", "chats": json.dumps([[c, "2030-01-01"] for c in chats])})
+
+    def on_chat_index_with_status(plan: str) -> bool:
+        if dialect.name == "postgresql":  # the Index Cond line under the scan of ix_outbox_chat
+            lines = plan.splitlines()
+            at = next((n for n, line in enumerate(lines) if "Index Scan" in line and "ix_outbox_chat" in line), None)
+            return at is not None and "status" in lines[at + 1] and "Index Cond" in lines[at + 1]
+        return "USING INDEX ix_outbox_chat (channel=? AND chat_id=? AND status=?)" in plan
+
+    assert "ix_outbox_ready" in page, page
+    assert on_chat_index_with_status(heads), heads
+    assert on_chat_index_with_status(defer), defer
 
 
 def test_per_chat_interval_and_global_rate_use_the_injected_clock(engine) -> None:
