@@ -182,6 +182,79 @@ def inbox_writer(engine: Engine) -> GroupCommit[tuple[str, str | int, str, dict[
     return writer
 
 
+class Backpressure:
+    """How long a webhook waits before its answer, by the work queued behind it (inbox rows pending, replies
+    queued): nothing up to ``low`` rows, then ``per_row`` seconds for each row beyond, ``most`` at most.
+
+    The update is stored before the wait, so nothing is lost; the platform sends a chat's next update after
+    our answer and keeps a bounded number of calls open (Telegram's max_connections, 40 by default), so a
+    slower answer slows what it sends. Without it a burst above what the machine can process was accepted as
+    fast as it came, and the CPU that accepting took was taken from processing and sending: on 2 cores with
+    PostgreSQL the webhook took 2,400-2,600 updates/s while the replies went out at 1,430-1,450, and the
+    queue grew for as long as the burst lasted. With it the queue levels off at a few seconds of work
+    (docs/performance.md, ninth session). A campaign's rows (bulk priority) do not count: their queue is meant
+    to last, at the platform's rate. The defaults wait at most 0.25 s: well inside Zalo's 2 s and Telegram's
+    own patience, and 40 open calls still bring 160 updates/s."""
+
+    def __init__(self, engine: Engine, *, low: int = 1000, per_row: float = 1e-5, most: float = 0.25,
+                 every: float = 0.25) -> None:
+        self.engine, self.low, self.per_row, self.most, self.every = engine, low, per_row, most, every
+        self._delay = 0.0
+        self._looked_at = -float("inf")
+        self._looking: asyncio.Future[int] | None = None
+
+    def delay(self) -> float:
+        """Seconds to wait now, from the last look at the queues (0 before the first). Called by webhooks in
+        the event loop; starts a look (in a thread) when the last one is ``every`` seconds old: there is no
+        task to stop, and an idle server does not look at all."""
+        now = time.monotonic()
+        if self._looking is None and now - self._looked_at >= self.every:
+            self._looked_at = now
+            self._looking = asyncio.get_running_loop().run_in_executor(None, self.queued)
+            self._looking.add_done_callback(self._looked)
+        return self._delay
+
+    def _looked(self, future: asyncio.Future[int]) -> None:
+        self._looking = None
+        if future.cancelled():
+            return
+        error = future.exception()
+        if error is not None:  # no figure, no wait
+            log.warning("backpressure: could not count the queues (%s)", type(error).__name__)
+            self._delay = 0.0
+            return
+        self._delay = min(self.most, max(0.0, (future.result() - self.low) * self.per_row))
+
+    def queued(self) -> int:
+        """Inbox rows pending plus replies queued, each counted only as far as the longest wait."""
+        cap = self.low + (int(self.most / self.per_row) if self.per_row > 0 else 0)
+        with self.engine.connect() as conn:
+            return int(_QUEUED_WORK.rows(conn, {"cap": cap})[0][0] or 0)
+
+
+# through the partial indexes of the pending inbox rows and of the queued outbox rows (models/tables.py)
+_QUEUED_WORK = Prepared(lambda _d: text(
+    "SELECT (SELECT count(*) FROM (SELECT 1 FROM inboxupdate WHERE status = 'pending' LIMIT :cap) AS i)"
+    " + (SELECT count(*) FROM (SELECT 1 FROM outboxmessage WHERE status = 'queued'"
+    f" AND priority = {PRIORITY_REPLY} LIMIT :cap) AS o)"))
+_BACKPRESSURE: weakref.WeakKeyDictionary[Engine, Backpressure] = weakref.WeakKeyDictionary()
+
+
+def backpressure(engine: Engine) -> Backpressure:
+    """The engine's Backpressure (one per process and database)."""
+    found = _BACKPRESSURE.get(engine)
+    if found is None:
+        found = _BACKPRESSURE[engine] = Backpressure(engine)
+    return found
+
+
+async def hold_back(engine: Engine) -> None:
+    """A webhook, its update stored: wait as long as the engine's Backpressure says before answering."""
+    wait = backpressure(engine).delay()
+    if wait > 0:
+        await asyncio.sleep(wait)
+
+
 @dataclass(frozen=True)
 class Inbound:
     """A normalised update.

@@ -14,7 +14,7 @@ from typing import Any
 
 from starlette.types import Receive, Scope, Send
 
-from bot.inbox import inbox_writer
+from bot.inbox import hold_back, inbox_writer
 from bot.telegram import CHANNEL, chat_key, webhook_secret
 
 log = logging.getLogger("hoctap.webhook.telegram")
@@ -136,4 +136,5 @@ async def telegram_webhook(app: Any, scope: Scope, receive: Receive, send: Send)
         return
     if new:
         state.runtime.wake_inbox()
+    await hold_back(state.engine)  # stored; the answer waits while work is queued (bot.inbox.Backpressure)
     await _answer(send, 200, OK_BODY)

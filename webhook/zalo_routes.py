@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from bot import zalo, zalo_oa
+from bot.inbox import hold_back
 from webhook.telegram_routes import parse_update
 
 log = logging.getLogger("hoctap.webhook.zalo")
@@ -61,6 +62,7 @@ async def zalo_bot_webhook(request: Request) -> Response:
     new = await run_in_threadpool(zalo.store_events, request.app.state.engine, events) if events else 0
     if new:
         _wake(request)
+        await hold_back(request.app.state.engine)  # stored; the answer waits while work is queued
     return JSONResponse({"ok": True})
 
 
@@ -88,4 +90,5 @@ async def zalo_oa_webhook(request: Request) -> Response:
     new = await run_in_threadpool(zalo_oa.store_event, request.app.state.engine, payload)
     if new:
         _wake(request)
+        await hold_back(request.app.state.engine)  # stored; the answer waits while work is queued
     return JSONResponse({"ok": True})
