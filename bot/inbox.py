@@ -208,9 +208,12 @@ class Backpressure:
         the event loop; starts a look (in a thread) when the last one is ``every`` seconds old: there is no
         task to stop, and an idle server does not look at all."""
         now = time.monotonic()
+        loop = asyncio.get_running_loop()
+        if self._looking is not None and self._looking.get_loop() is not loop:
+            self._looking = None  # begun in a loop that has ended (an app stopped and started again)
         if self._looking is None and now - self._looked_at >= self.every:
             self._looked_at = now
-            self._looking = asyncio.get_running_loop().run_in_executor(None, self.queued)
+            self._looking = loop.run_in_executor(None, self.queued)
             self._looking.add_done_callback(self._looked)
         return self._delay
 

@@ -79,6 +79,13 @@ def test_the_wait_grows_beyond_the_low_mark_up_to_the_most_and_goes_with_the_wor
 
     asyncio.run(story())
 
+    async def again() -> None:  # a new event loop (an app stopped and started again) looks afresh
+        await eventually(0.0)
+        pending(engine, 20, start=5000)
+        await eventually(0.1)
+
+    asyncio.run(again())
+
 
 def test_a_webhook_answer_waits_while_work_is_queued_behind_it(engine: Engine, tmp_path, fake: FakeTelegram) -> None:
     """Through the real app: the update is stored and processed as ever, its answer comes later when 11,000
