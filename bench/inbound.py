@@ -759,6 +759,9 @@ def write_docs(results: list[Result], args: argparse.Namespace, command: str) ->
         "\"1 process\" = WORKER_PROCESSES=0 (the default), \"2 processes\" = WORKER_PROCESSES=1 (web app in one, "
         "inbox worker + senders + scheduler in the other), \"3 processes\" = WORKER_PROCESSES=2 (web app; inbox "
         "worker; senders + scheduler); RSS is the sum of the processes, shared library pages counted in each",
+        "- the webhook's answer waits while more than 1,000 rows are queued behind it (bot.inbox.Backpressure, "
+        "ninth session): \"accepted/s\" is held near what the app processes and sends, instead of the backlog "
+        "growing for the whole run",
         "",
         "### (a) throughput, 64 connections, and (c) memory",
         "",

@@ -473,7 +473,10 @@ _SENDING = literal_column("'sending'")
 # expression no index holds. The status IN list is an index condition of ix_outbox_chat: a chat's sent rows
 # (its whole history: a family answering a season's questions has hundreds) are not read. Before, the status
 # was all in coalesce and they were: the heads of 220 chats with 100 sent rows each took 13.8 ms instead of
-# 1.5 (docs/performance.md, ninth session).
+# 1.5 (docs/performance.md, ninth session). The statements that name their rows by id (the claim's UPDATE, the
+# marks) check the status through coalesce too: with the status as such, after a fan-out the statistics did not
+# know of yet, PostgreSQL read the whole partial index of queued rows for a claim instead of the primary key (20
+# ms per claim instead of 10, bench/claim.py --history 30).
 
 
 def _lock_key(engine: Engine, channel: str) -> int:
@@ -488,7 +491,7 @@ def _lock_key(engine: Engine, channel: str) -> int:
 _PG_MARK = text(
     "UPDATE outboxmessage AS o SET status = 'sent', sent_at = v.at, platform_message_id = v.mid, last_error = NULL"
     " FROM unnest(CAST(:ids AS bigint[]), CAST(:ats AS timestamptz[]), CAST(:mids AS text[])) AS v(id, at, mid)"
-    " WHERE o.id = v.id AND o.status = 'sending'"
+    " WHERE o.id = v.id AND coalesce(o.status, '') = 'sending'"
 )
 _PG_DEFER = text(
     "UPDATE outboxmessage AS o SET not_before = v.until"
@@ -505,7 +508,7 @@ _PG_DEFER = text(
 _SQLITE_MARK = text(
     "UPDATE outboxmessage SET status = 'sent', sent_at = json_extract(v.value, '$[1]'),"
     " platform_message_id = json_extract(v.value, '$[2]'), last_error = NULL FROM json_each(:marks) AS v"
-    " WHERE outboxmessage.id = json_extract(v.value, '$[0]') AND outboxmessage.status = 'sending'"
+    " WHERE outboxmessage.id = json_extract(v.value, '$[0]') AND coalesce(outboxmessage.status, '') = 'sending'"
 )
 _SQLITE_DEFER = text(
     "UPDATE outboxmessage SET not_before = v.until"
@@ -548,7 +551,7 @@ def _claim_update(dialect: Any) -> Any:
     table = OutboxMessage.__table__  # type: ignore[attr-defined]
     return text(
         "UPDATE outboxmessage SET status = 'sending', attempts = attempts + 1, not_before = :until"
-        f" WHERE {in_list(dialect, 'id', 'ids', 'bigint')} AND status = 'queued' AND not_before <= :now"
+        f" WHERE {in_list(dialect, 'id', 'ids', 'bigint')} AND coalesce(status, '') = 'queued' AND not_before <= :now"
         " RETURNING id, payload"
     ).bindparams(bindparam("now", type_=table.c.not_before.type),
                  bindparam("until", type_=table.c.not_before.type)).columns(table.c.id, table.c.payload)

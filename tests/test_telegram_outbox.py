@@ -461,11 +461,11 @@ def test_the_claims_statements_read_only_unsent_rows_through_their_indexes_after
     """A chat's sent rows are its whole history (a family answering a season's questions has hundreds): the
     claim's per-chat heads and the deferrals find a chat's unsent rows through ix_outbox_chat with the status
     as an index condition, never reading the sent ones; the page of ready rows goes through the partial ready
-    index. On PostgreSQL this holds right after a bulk enqueue, before statistics that know of it, when it once
+    index; the claim's UPDATE and the marks, which name their rows by id, through the primary key. On PostgreSQL this holds right after a bulk enqueue, before statistics that know of it, when it once
     chose the ready index for the per-chat statements and read every queued row for each chat."""
     from sqlalchemy import bindparam, text
 
-    from bot.outbox import _CLAIM_HEADS, _CLAIM_PAGE, _DEFER
+    from bot.outbox import _CLAIM_HEADS, _CLAIM_PAGE, _CLAIM_UPDATE, _DEFER, _MARK
     from models.db import list_param
 
     now = datetime.now(UTC)
@@ -488,10 +488,14 @@ def test_the_claims_statements_read_only_unsent_rows_through_their_indexes_after
         dialect = conn.dialect
         page = _CLAIM_PAGE.plan(conn, {"channel": "telegram", "now": now, "limit": 256})
         heads = _CLAIM_HEADS.plan(conn, {"channel": "telegram", "now": now, "chats": list_param(dialect, chats)})
+        ids = list(range(20_001, 20_065))  # rows of the fan-out
+        claim = _CLAIM_UPDATE.plan(conn, {"ids": list_param(dialect, ids), "now": now, "until": now})
         if dialect.name == "postgresql":
             defer = _DEFER.plan(conn, {"channel": "telegram", "chats": chats, "untils": [now] * len(chats)})
+            mark = _MARK.plan(conn, {"ids": ids, "ats": [now] * len(ids), "mids": ["1"] * len(ids)})
         else:
             defer = _DEFER.plan(conn, {"channel": "telegram", "chats": json.dumps([[c, "2030-01-01"] for c in chats])})
+            mark = _MARK.plan(conn, {"marks": json.dumps([[i, "2030-01-01", "1"] for i in ids])})
 
     def on_chat_index_with_status(plan: str) -> bool:
         if dialect.name == "postgresql":  # the Index Cond line under the scan of ix_outbox_chat
@@ -500,9 +504,16 @@ def test_the_claims_statements_read_only_unsent_rows_through_their_indexes_after
             return at is not None and "status" in lines[at + 1] and "Index Cond" in lines[at + 1]
         return "USING INDEX ix_outbox_chat (channel=? AND chat_id=? AND status=?)" in plan
 
+    def by_primary_key(plan: str) -> bool:  # not a scan of a partial index that the status implies
+        if dialect.name == "postgresql":
+            return "outboxmessage_pkey" in plan and "ix_outbox" not in plan
+        return "USING INTEGER PRIMARY KEY" in plan and "ix_outbox" not in plan
+
     assert "ix_outbox_ready" in page, page
     assert on_chat_index_with_status(heads), heads
     assert on_chat_index_with_status(defer), defer
+    assert by_primary_key(claim), claim
+    assert by_primary_key(mark), mark
 
 
 def test_per_chat_interval_and_global_rate_use_the_injected_clock(engine) -> None:
