@@ -49,6 +49,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -392,35 +393,36 @@ def fake_stats(fake_url: str) -> list[list[Any]]:
     return httpx.get(f"{fake_url}/_bench/stats", timeout=60).json()["calls"]
 
 
-def backlog(url: str) -> tuple[int, int]:
-    """(inbox rows pending, outbox rows not sent yet)."""
-    from sqlalchemy import text
-
+@contextlib.contextmanager
+def connected(url: str) -> Iterator[Any]:
+    """A connection of an engine of its own, disposed afterwards (the benchmark's looks at the database)."""
     from models.db import make_engine
 
     engine = make_engine(url)
     try:
         with engine.connect() as conn:
-            pending = conn.execute(text("SELECT count(*) FROM inboxupdate WHERE status = 'pending'")).scalar()
-            queued = conn.execute(text("SELECT count(*) FROM outboxmessage WHERE status IN ('queued', 'sending')")).scalar()
+            yield conn
     finally:
         engine.dispose()
+
+
+def backlog(url: str) -> tuple[int, int]:
+    """(inbox rows pending, outbox rows not sent yet)."""
+    from sqlalchemy import text
+
+    with connected(url) as conn:
+        pending = conn.execute(text("SELECT count(*) FROM inboxupdate WHERE status = 'pending'")).scalar()
+        queued = conn.execute(text("SELECT count(*) FROM outboxmessage WHERE status IN ('queued', 'sending')")).scalar()
     return int(pending or 0), int(queued or 0)
 
 
 def statuses(url: str) -> dict[str, Any]:
     from sqlalchemy import text
 
-    from models.db import make_engine
-
-    engine = make_engine(url)
-    try:
-        with engine.connect() as conn:
-            inbox = dict(conn.execute(text("SELECT status, count(*) FROM inboxupdate GROUP BY status")).all())
-            outbox = dict(conn.execute(text("SELECT status, count(*) FROM outboxmessage GROUP BY status")).all())
-            campaigns = conn.execute(text("SELECT count(*) FROM outboxmessage WHERE campaign IS NOT NULL")).scalar()
-    finally:
-        engine.dispose()
+    with connected(url) as conn:
+        inbox = dict(conn.execute(text("SELECT status, count(*) FROM inboxupdate GROUP BY status")).all())
+        outbox = dict(conn.execute(text("SELECT status, count(*) FROM outboxmessage GROUP BY status")).all())
+        campaigns = conn.execute(text("SELECT count(*) FROM outboxmessage WHERE campaign IS NOT NULL")).scalar()
     return {"inbox": inbox, "outbox": outbox, "campaign_rows": campaigns}
 
 
@@ -501,22 +503,16 @@ class Result:
 
 
 def any_left(url: str) -> bool:
-    """Whether an inbox row is pending or an outbox row unsent: two index lookups. Counting them (backlog()) took
+    """Whether an inbox row is pending or an outbox row unsent: index lookups. Counting them (backlog()) took
     PostgreSQL 60 ms a time with tens of thousands of rows sent, charged to the app's CPU every half second of
     the drain."""
     from sqlalchemy import text
 
-    from models.db import make_engine
-
-    engine = make_engine(url)
-    try:
-        with engine.connect() as conn:
-            return bool(conn.execute(text(
-                "SELECT EXISTS (SELECT 1 FROM inboxupdate WHERE status = 'pending')"
-                " OR EXISTS (SELECT 1 FROM outboxmessage WHERE status = 'queued')"
-                " OR EXISTS (SELECT 1 FROM outboxmessage WHERE status = 'sending')")).scalar())
-    finally:
-        engine.dispose()
+    with connected(url) as conn:
+        return bool(conn.execute(text(
+            "SELECT EXISTS (SELECT 1 FROM inboxupdate WHERE status = 'pending')"
+            " OR EXISTS (SELECT 1 FROM outboxmessage WHERE status = 'queued')"
+            " OR EXISTS (SELECT 1 FROM outboxmessage WHERE status = 'sending')")).scalar())
 
 
 def wait_drained(url: str, limit: float) -> float:

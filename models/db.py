@@ -99,24 +99,28 @@ class Prepared:
         Session, in its transaction; on a Connection, in the connection's."""
         conn = session if isinstance(session, Connection) else session.connection()
         compiled = self._get(conn.dialect)
-        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        try:
-            cursor.execute(compiled.sql, compiled.parameters(params))
-            if cursor.description is None:
-                return []
-            return compiled.convert(cursor.fetchall(), cursor.description, conn.dialect)
-        finally:
-            cursor.close()
+        fetched, description = self._execute(conn, compiled, "", params)
+        if description is None:
+            return []
+        return compiled.convert(fetched, description, conn.dialect)
 
     def plan(self, conn: Connection, params: dict[str, Any]) -> str:
         """The database's plan for the statement with these parameters (EXPLAIN on PostgreSQL, EXPLAIN QUERY
         PLAN on SQLite; nothing is executed), as text: which index a statement uses, for the tests."""
-        compiled = self._get(conn.dialect)
         prefix = "EXPLAIN " if conn.dialect.name == "postgresql" else "EXPLAIN QUERY PLAN "
+        fetched, _description = self._execute(conn, self._get(conn.dialect), prefix, params)
+        return "\n".join(" ".join(str(value) for value in row) for row in fetched)
+
+    @staticmethod
+    def _execute(conn: Connection, compiled: _Compiled, prefix: str, params: dict[str, Any]) -> tuple[list[Any], Any]:
+        """The compiled SQL (after ``prefix``) on the connection's own cursor: the raw rows and their description
+        (None, and no rows, for a statement without a result)."""
         cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
             cursor.execute(prefix + compiled.sql, compiled.parameters(params))
-            return "\n".join(" ".join(str(value) for value in row) for row in cursor.fetchall())
+            if cursor.description is None:
+                return [], None
+            return cursor.fetchall(), cursor.description
         finally:
             cursor.close()
 
