@@ -180,6 +180,14 @@ class Registration(SQLModel, table=True):
     cancelled_at: datetime | None = ts_field()
 
 
+# PostgreSQL pages of the tables whose rows every answer rewrites (an assessment's answers, a conversation's state)
+# are filled to 70 % on insert: an UPDATE that changes no indexed column writes its new row version on the same
+# page if there is room, with no new index entries (a "HOT" update), and the old versions are pruned as the page
+# is next read. Full pages made 50-70 % of those updates write an entry in every index of the table instead
+# (bench/inbound.py, docs/performance.md, tenth session). SQLite writes the row in place and ignores this.
+_HOT_ROOM = {"fillfactor": 70}
+
+
 class Assessment(SQLModel, table=True):
     """A self-assessment of one subject for one title and year; answers per criterion id."""
 
@@ -188,6 +196,9 @@ class Assessment(SQLModel, table=True):
         # the dashboard's scan of a commune's year, the queue's count and its page in submission order (the
         # submitted_at and id of the matching rows come from the index; only the page's rows are read)
         Index("ix_assessment_commune_year_status_sub", "commune_code", "year", "status", "submitted_at", "id"),
+        # every answer rewrites the row: room on its page lets PostgreSQL write the new version there without
+        # new entries in the four indexes (a HOT update; see _HOT_ROOM)
+        {"postgresql_with": _HOT_ROOM},
     )
     id: int | None = Field(default=None, primary_key=True)
     commune_code: int = Field(foreign_key="commune.code")
@@ -314,6 +325,7 @@ class InboxUpdate(SQLModel, table=True):
 
 _QUEUED = text("status = 'queued'")
 _SENDING = text("status = 'sending'")
+_HAS_CAMPAIGN = text("campaign IS NOT NULL")
 
 
 class OutboxMessage(SQLModel, table=True):
@@ -330,6 +342,9 @@ class OutboxMessage(SQLModel, table=True):
         Index("ix_outbox_sending", "channel", "not_before", sqlite_where=_SENDING, postgresql_where=_SENDING),
         # per-chat order and interval: a chat's earlier unsent rows, its queued rows; a chat's history
         Index("ix_outbox_chat", "channel", "chat_id", "status", "id"),
+        # the reminder rows by campaign (review's delivery counts): the replies, most rows, have none and are not
+        # in it; a row in it gets a new entry at its claim and at its mark, like in every index of this table
+        Index("ix_outboxmessage_campaign", "campaign", sqlite_where=_HAS_CAMPAIGN, postgresql_where=_HAS_CAMPAIGN),
     )
     id: int | None = Field(default=None, primary_key=True)
     idempotency_key: str = Field(unique=True)
@@ -339,7 +354,7 @@ class OutboxMessage(SQLModel, table=True):
     payload: dict[str, Any] = json_field()  # flows.types.Say.to_json()
     priority: int = 0  # 0 = reply in a conversation, 10 = bulk (reminders)
     status: str = "queued"  # queued | sending | sent | failed | unreachable | unconfirmed
-    campaign: str | None = Field(default=None, index=True)
+    campaign: str | None = None
     attempts: int = 0
     not_before: datetime = created_field()
     last_error: str | None = None
@@ -351,6 +366,7 @@ class OutboxMessage(SQLModel, table=True):
 class Conversation(SQLModel, table=True):
     """Conversation state per chat identity: {"step": ..., "data": {...}}."""
 
+    __table_args__ = {"postgresql_with": _HOT_ROOM}
     id: int | None = Field(default=None, primary_key=True)
     identity_id: int = Field(foreign_key="chatidentity.id", unique=True)
     state: dict[str, Any] = json_field()
