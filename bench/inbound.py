@@ -502,6 +502,33 @@ class Result:
     notes: list[str] = field(default_factory=list)
 
 
+def pg_writes(url: str) -> dict[str, float]:
+    """PostgreSQL: the server's WAL counters (records, bytes, full-page images) and the database's updates and HOT
+    updates (written in place, no index entries) so far; {} on SQLite. Counts, not times: a change in the rows
+    written per update shows here whatever the machine's speed at the moment."""
+    if not url.startswith("postgresql"):
+        return {}
+    from sqlalchemy import text
+
+    with connected(url) as conn:
+        wal = conn.execute(text("SELECT wal_records, wal_bytes, wal_fpi FROM pg_stat_wal")).one()
+        conn.execute(text("SELECT pg_stat_clear_snapshot()"))
+        upd = conn.execute(text("SELECT coalesce(sum(n_tup_upd), 0), coalesce(sum(n_tup_hot_upd), 0)"
+                                " FROM pg_stat_user_tables")).one()
+    return {"wal_records": float(wal[0]), "wal_bytes": float(wal[1]), "wal_fpi": float(wal[2]),
+            "updates": float(upd[0]), "hot": float(upd[1])}
+
+
+def writes_cell(run: dict[str, Any]) -> str:
+    """PostgreSQL's writes per update between the load's start and the drain (WAL of the whole server)."""
+    w = run.get("writes_per_update")
+    if not w:
+        return ""
+    hot = w["hot"] / w["updates"] if w["updates"] else 0.0
+    return (f"WAL {w['wal_records']:.1f} records, {w['wal_bytes'] / 1024:.1f} kB ({w['wal_fpi']:.2f} full pages);"
+            f" row updates {w['updates']:.1f}, {hot:.0%} HOT")
+
+
 def any_left(url: str) -> bool:
     """Whether an inbox row is pending or an outbox row unsent: index lookups. Counting them (backlog()) took
     PostgreSQL 60 ms a time with tens of thousands of rows sent, charged to the app's CPU every half second of
@@ -687,6 +714,7 @@ def bench_database(label: str, url: str, args: argparse.Namespace, work: Path) -
                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 meter = CpuMeter(serve.pid, fake.pid)
                 cpu_before = meter.snapshot()
+                writes_before = pg_writes(db_url)
                 run = run_wrk(app_port, script, templates, families=fam_a, base=10**8, fam0=1, k0=k0,
                               duration=args.duration, connections=connections, threads=threads)
                 # the next repeat continues each family with its next answer (update ids keep increasing)
@@ -695,6 +723,7 @@ def bench_database(label: str, url: str, args: argparse.Namespace, work: Path) -
                 end = run["started"] + run["duration_us"] / 1e6
                 drained = wait_drained(db_url, args.drain_limit)
                 cpu = CpuMeter.spent(cpu_before, meter.snapshot())
+                writes_after = pg_writes(db_url)
                 sampler.running = False
                 if spy is not None:
                     spy.wait(timeout=60)
@@ -717,6 +746,9 @@ def bench_database(label: str, url: str, args: argparse.Namespace, work: Path) -
                 # CPU per update from the load's start until drained (or the drain limit), over the updates
                 # whose replies all arrived by then
                 run["cpu_ms"] = {role: seconds * 1000 / max(len(sends) / per_update, 1) for role, seconds in cpu.items()}
+                if writes_before:
+                    run["writes_per_update"] = {key: (writes_after[key] - value) / max(len(sends) / per_update, 1)
+                                                for key, value in writes_before.items()}
                 result.runs.append(run)
                 print(f"  [{repeat + 1}] app: webhook accepted {run['rps']:,.0f}/s ({run['status_errors']} non-2xx, "
                       f"wrk p99 {run['p99_us'] / 1000:.1f} ms); end to end {run['e2e_window']:,.0f} updates/s in the "
@@ -724,6 +756,8 @@ def bench_database(label: str, url: str, args: argparse.Namespace, work: Path) -
                       f"{left[0]:,} still pending); {run['e2e_window'] / base['rps']:.1%} of baseline; RSS peak "
                       f"{sampler.peak / 2**20:.0f} MB; load {load_a:.1f}; {run['statuses']}", flush=True)
                 print(f"  [{repeat + 1}] CPU ms per update: {cpu_cell(run)}", flush=True)
+                if run.get("writes_per_update"):
+                    print(f"  [{repeat + 1}] PostgreSQL per update: {writes_cell(run)}", flush=True)
                 per_second = [0] * max(1, int(end - run["started"]))
                 for at in sends:
                     if run["started"] <= at < run["started"] + len(per_second):
@@ -763,7 +797,8 @@ def write_docs(results: list[Result], args: argparse.Namespace, command: str) ->
         "",
         "| database | run | load | baseline req/s | webhook accepted/s | end-to-end updates/s (in window) | "
         "end-to-end until drained | % of baseline (e2e) | drain after | RSS idle → peak | CPU ms per update "
-        "(load start → drained) |",
+        "(load start → drained); PostgreSQL: its writes per update (WAL of the server, row updates of the "
+        "database and the share written in place, HOT) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
@@ -772,7 +807,8 @@ def write_docs(results: list[Result], args: argparse.Namespace, command: str) ->
                 f"| {r.label} | {i} | {run['load']:.1f} | {run['baseline_rps']:,.0f} | {run['rps']:,.0f} | "
                 f"{run['e2e_window']:,.0f} | {run['e2e_overall']:,.0f} | {run['e2e_window'] / run['baseline_rps']:.0%} | "
                 f"{run['drain_s']:.0f} s{left_note(run)} | "
-                f"{run['rss_idle'] / 2**20:.0f} → {run['rss_peak'] / 2**20:.0f} MB | {cpu_cell(run)} |")
+                f"{run['rss_idle'] / 2**20:.0f} → {run['rss_peak'] / 2**20:.0f} MB | {cpu_cell(run)}"
+                f"{'; ' + writes_cell(run) if run.get('writes_per_update') else ''} |")
     lines += [
         "",
         f"### (b) latency, open loop at {args.rate:.0f} updates/s offered ({args.latency_duration} s)",
