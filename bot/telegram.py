@@ -65,6 +65,7 @@ from bot.media import TOO_BIG, store_photo
 from bot.outbox import MAX_IN_FLIGHT, PermanentError, RetryAfterError, TransientError, UnreachableError
 from flows.i18n import t
 from flows.types import Button, Event, Say
+from models import jsonio
 from models.settings import Settings
 from models.tables import ChannelCredential, OutboxMessage
 
@@ -292,7 +293,7 @@ def send_message_body(chat_id: str | int, kwargs: dict[str, Any]) -> bytes:
     for key, value in kwargs.items():
         if value is not None:
             body[key] = _wire_value(value)
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    return jsonio.dumps_bytes(body)
 
 
 def _env_proxy(url: str) -> str | None:
@@ -416,7 +417,7 @@ class TelegramTransport:
 def parse_send_answer(status: int, raw: bytes) -> str | None:
     """The message_id of a sendMessage answer, or the outbox error its ``error_code`` stands for."""
     try:
-        answer = json.loads(raw)
+        answer = jsonio.loads(raw)
     except ValueError:
         answer = None
     if not isinstance(answer, dict):  # a proxy's or a load balancer's page: go by the HTTP status

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 import secrets
 from datetime import datetime
@@ -51,6 +50,7 @@ from flows.engine import handle
 from flows.i18n import catalog, t
 from flows.types import ConversationState, Event, Say
 from flows.view import PersonInfo, Role
+from models import jsonio
 from models.db import Prepared
 from models.tables import (
     Assessment,
@@ -215,7 +215,7 @@ class Deferred:
         ids = list(self.answers)
         staged = [self.answers[i] for i in ids]
         _SAVE_ANSWERS_MANY.rows(session, {
-            "ids": ids, "deltas": json.dumps([a["delta"] for a in staged]),
+            "ids": ids, "deltas": jsonio.dumps([a["delta"] for a in staged]),
             "answered_by": [a["answered_by"] for a in staged], "proxy_by": [a["proxy_by"] for a in staged],
             "now": self.now or utcnow()})
         for assessment_id in ids:
@@ -442,7 +442,7 @@ def _arrays(table: Any, rows: list[dict[str, Any]], columns: tuple[str, ...], na
             # of every JSON value with a regex — 39 % of the PostgreSQL inbox worker's GIL samples
             arrays.append(f"ARRAY(SELECT CASE WHEN json_typeof(e) = 'null' THEN NULL ELSE e END"
                           f" FROM json_array_elements(CAST(:p{n} AS json)) WITH ORDINALITY AS t(e, i) ORDER BY i)")
-            params[f"p{n}"] = json.dumps([row[key] for row in rows])
+            params[f"p{n}"] = jsonio.dumps([row[key] for row in rows])
             continue
         arrays.append(f"CAST(:p{n} AS {column.type.compile(dialect=postgresql.dialect())}[])")
         params[f"p{n}"] = [row[key] for row in rows]

@@ -14,9 +14,14 @@ from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.sql.expression import Executable
 from sqlmodel import Session, create_engine
 
+from models import jsonio
+
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine for SQLite (WAL, foreign keys, busy timeout) or PostgreSQL."""
+    """An engine for SQLite (WAL, foreign keys, busy timeout) or PostgreSQL. JSON columns go through
+    models.jsonio (orjson where it gives the standard library's values)."""
+    kwargs.setdefault("json_serializer", jsonio.dumps)
+    kwargs.setdefault("json_deserializer", jsonio.loads)
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
