@@ -1,9 +1,9 @@
 """JSON for the hot paths (the database's JSON columns, the Bot API's bodies): orjson where it gives what the
 standard library's json gives, the standard library otherwise.
 
-Encoding and decoding JSON was 14 % of the PostgreSQL inbox worker's samples with the GIL (py-spy --gil), 9 % of
-the sender's and 6 % of the web process's (docs/performance.md, tenth session); orjson does the same work in a
-fraction of the time. Where the two differ, the standard library's answer is kept:
+Encoding and decoding JSON was 15 % of the PostgreSQL inbox worker's samples with the GIL (py-spy --gil), 10 % of
+the sender's and 14 % of the web process's (docs/performance.md, tenth session); orjson does most of that work in
+less time. Where the two differ, the standard library's answer is kept:
 
 - decoding: a number beyond 64 bits is a float to orjson and an int to json, so text with a run of 19 digits or
   more (-2**63 - 1 has 19) goes to json; so does anything orjson refuses (json then accepts it or raises as before);
@@ -12,7 +12,7 @@ fraction of the time. Where the two differ, the standard library's answer is kep
   NaN or infinity, which json writes as ``NaN`` (not JSON: PostgreSQL refuses it) and orjson as ``null``.
 
 The text differs in form, never in value: no spaces after separators, non-ASCII characters as UTF-8 instead of
-``\\u`` escapes (as ``ensure_ascii=False`` writes them).
+``\\u`` escapes (as ``ensure_ascii=False`` writes them; what goes to json keeps its escapes).
 """
 
 from __future__ import annotations

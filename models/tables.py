@@ -343,7 +343,7 @@ class OutboxMessage(SQLModel, table=True):
         # per-chat order and interval: a chat's earlier unsent rows, its queued rows; a chat's history
         Index("ix_outbox_chat", "channel", "chat_id", "status", "id"),
         # the reminder rows by campaign (review's delivery counts): the replies, most rows, have none and are not
-        # in it; a row in it gets a new entry at its claim and at its mark, like in every index of this table
+        # in it, so their INSERT, claim and mark write no entry here (each writes one in most of the others)
         Index("ix_outboxmessage_campaign", "campaign", sqlite_where=_HAS_CAMPAIGN, postgresql_where=_HAS_CAMPAIGN),
     )
     id: int | None = Field(default=None, primary_key=True)
