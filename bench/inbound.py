@@ -512,7 +512,6 @@ def pg_writes(url: str) -> dict[str, float]:
 
     with connected(url) as conn:
         wal = conn.execute(text("SELECT wal_records, wal_bytes, wal_fpi FROM pg_stat_wal")).one()
-        conn.execute(text("SELECT pg_stat_clear_snapshot()"))
         upd = conn.execute(text("SELECT coalesce(sum(n_tup_upd), 0), coalesce(sum(n_tup_hot_upd), 0)"
                                 " FROM pg_stat_user_tables")).one()
     return {"wal_records": float(wal[0]), "wal_bytes": float(wal[1]), "wal_fpi": float(wal[2]),

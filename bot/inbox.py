@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import weakref
@@ -33,6 +32,7 @@ from sqlmodel import Session, select
 
 from bot.outbox import PRIORITY_REPLY, GroupCommit, enqueue, insert_ignore, utcnow, write_lock
 from flows.types import Event, Say
+from models import jsonio
 from models.db import Prepared, in_list, list_param
 from models.settings import Settings
 from models.tables import ChatIdentity, InboxUpdate, Person
@@ -685,7 +685,7 @@ class InboxWorker:
                 if postgres:
                     _MARK.rows(session, {"ids": [m[0] for m in marks], "statuses": [m[1] for m in marks], "now": now})
                 else:
-                    _MARK.rows(session, {"marks": json.dumps(marks), "now": now})
+                    _MARK.rows(session, {"marks": jsonio.dumps(marks), "now": now})
             session.commit()
             if todo:
                 self._row_seconds = 0.7 * self._row_seconds + 0.3 * (time.perf_counter() - started) / len(todo)

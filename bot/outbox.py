@@ -31,7 +31,6 @@ import asyncio
 import collections
 import contextlib
 import functools
-import json
 import logging
 import math
 import os
@@ -55,6 +54,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from flows.types import Say
+from models import jsonio
 from models.db import Prepared, in_list, list_param
 from models.tables import ChatIdentity, OutboxMessage, Person
 
@@ -935,8 +935,8 @@ class OutboxSender:
             _DEFER.rows(conn, {"channel": self.channel, "chats": list(latest), "untils": list(latest.values())})
             return
         when = _sqlite_times(self.engine)
-        _DEFER.rows(conn, {"channel": self.channel, "chats": json.dumps(
-            [[chat, when(until)] for chat, until in chats], ensure_ascii=False, separators=(",", ":"))})
+        _DEFER.rows(conn, {"channel": self.channel, "chats": jsonio.dumps(
+            [[chat, when(until)] for chat, until in chats])})
 
     def _mark_sent(self, marks: list[_Mark]) -> None:
         """Mark many rows sent in one transaction of their own (when no claim follows them)."""
@@ -956,9 +956,8 @@ class OutboxSender:
                               "mids": [None if m[3] is None else str(m[3]) for m in marks]})
         else:
             when = _sqlite_times(self.engine)
-            _MARK.rows(conn, {"marks": json.dumps(
-                [[row_id, when(at), None if mid is None else str(mid)] for row_id, _, at, mid in marks],
-                ensure_ascii=False, separators=(",", ":"))})
+            _MARK.rows(conn, {"marks": jsonio.dumps(
+                [[row_id, when(at), None if mid is None else str(mid)] for row_id, _, at, mid in marks])})
         if self.per_chat_interval > 0:
             gap = timedelta(seconds=self.per_chat_interval)
             self._defer_chats(conn, [(chat, at + gap) for _, chat, at, _ in marks])

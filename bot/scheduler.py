@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import contextlib
 import gc
-import json
 import logging
 import sys
 from collections import Counter, defaultdict
@@ -57,6 +56,7 @@ from bot.campaigns import (
 from bot.outbox import PRIORITY_BULK
 from flows.i18n import catalog, t
 from flows.types import Button, Say
+from models import jsonio
 from models.settings import Settings
 from models.tables import (
     Assessment,
@@ -435,7 +435,7 @@ def insert_outbox(
     stmt = _insert_sql(session.get_bind().dialect.name)
     inserted = 0
     for start in range(0, len(rows), batch_size):
-        batch = json.dumps(list(rows[start:start + batch_size]), ensure_ascii=False, separators=(",", ":"))
+        batch = jsonio.dumps(list(rows[start:start + batch_size]))
         result = session.execute(stmt, {"rows": batch, "campaign": campaign, "priority": priority,
                                         "not_before": not_before, "now": now})
         inserted += len(result.all())
@@ -464,7 +464,7 @@ def _insert_outbox_copy(
         f":not_before, :now FROM {_STAGE} ORDER BY n ON CONFLICT (idempotency_key) DO NOTHING RETURNING id"
     ).bindparams(bindparam("not_before", type_=DateTime(timezone=True)), bindparam("now", type_=DateTime(timezone=True)))
     raw: Any = conn.connection.driver_connection
-    dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+    dumps = jsonio.dumps
     inserted = 0
     for start in range(0, len(rows), batch_size):
         with raw.cursor() as cur:

@@ -25,7 +25,6 @@ import contextlib
 import functools
 import hashlib
 import hmac
-import json
 import logging
 import os
 import urllib.parse
@@ -268,7 +267,7 @@ def _wire_value(value: Any) -> Any:
 
     Markups come from _markup's cache, so the same few objects serve every message: their dicts are kept
     (by identity, the object held so that its id is not reused; PTB's equality ignores some fields) and
-    only ever read (json.dumps).
+    only ever read (encoded as JSON).
     """
     if not isinstance(value, TelegramObject):
         return value
@@ -391,7 +390,7 @@ class TelegramTransport:
         session = self._session
         if session is None or session.closed:
             session = self._open()
-        body = json.dumps({"callback_query_id": query_id}).encode()
+        body = jsonio.dumps_bytes({"callback_query_id": query_id})
         try:
             async with session.post(self._answer_url, data=body, proxy=self._proxy) as response:  # type: ignore[arg-type]
                 raw = await response.read()
@@ -399,7 +398,7 @@ class TelegramTransport:
         except (aiohttp.ClientError, TimeoutError, OSError):
             return False
         try:
-            return status < 300 and json.loads(raw).get("ok") is True
+            return status < 300 and jsonio.loads(raw).get("ok") is True
         except (ValueError, AttributeError):
             return False
 

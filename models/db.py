@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -156,7 +155,7 @@ def in_list(dialect: Dialect, column: str, name: str, sql_type: str) -> str:
 
 def list_param(dialect: Dialect, values: list[Any]) -> Any:
     """The parameter of an ``in_list``: the list itself on PostgreSQL, its JSON text on SQLite."""
-    return values if dialect.name == "postgresql" else json.dumps(values, ensure_ascii=False, separators=(",", ":"))
+    return values if dialect.name == "postgresql" else jsonio.dumps(values)
 
 
 class _Compiled:

@@ -461,8 +461,9 @@ def test_the_claims_statements_read_only_unsent_rows_through_their_indexes_after
     """A chat's sent rows are its whole history (a family answering a season's questions has hundreds): the
     claim's per-chat heads and the deferrals find a chat's unsent rows through ix_outbox_chat with the status
     as an index condition, never reading the sent ones; the page of ready rows goes through the partial ready
-    index; the claim's UPDATE and the marks, which name their rows by id, through the primary key. On PostgreSQL this holds right after a bulk enqueue, before statistics that know of it, when it once
-    chose the ready index for the per-chat statements and read every queued row for each chat."""
+    index; the claim's UPDATE and the marks, which name their rows by id, through the primary key. On
+    PostgreSQL this holds right after a bulk enqueue, before statistics that know of it, when it once chose
+    the ready index for the per-chat statements and read every queued row for each chat."""
     from sqlalchemy import bindparam, text
 
     from bot.outbox import _CLAIM_HEADS, _CLAIM_PAGE, _CLAIM_UPDATE, _DEFER, _MARK
